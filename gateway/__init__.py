@@ -1,0 +1,1 @@
+"""The MCP gateway (OAuth, tenants, scopes, routing). Built by the gateway issue."""

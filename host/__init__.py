@@ -1,0 +1,1 @@
+"""The web chat host and agent loop. Built by the host issue."""

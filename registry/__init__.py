@@ -1,0 +1,1 @@
+"""The server registry and marketplace. Built by the registry issue."""

@@ -1,0 +1,1 @@
+"""First-party MCP servers (each one standalone: stdio and Streamable HTTP)."""

@@ -1,0 +1,1 @@
+"""MCP server ``ingest``: object store, format handlers, chunking, embeddings, ingestion jobs."""

@@ -1,0 +1,1 @@
+"""Format handlers: bytes in, a :class:`~kontor.servers.ingest.model.ParsedDocument` out."""

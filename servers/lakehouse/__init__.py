@@ -1,0 +1,1 @@
+"""Lakehouse storage library and MCP server ``lakehouse`` (LanceDB chunks + Delta tables)."""
