@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _default_data_root() -> Path:
@@ -32,6 +32,8 @@ class Limits(BaseSettings):
     max_rows: int = 200_000  # spreadsheet / CSV rows
     max_xml_bytes: int = 50 * 1024 * 1024
     per_file_seconds: float = 120.0
+    parser_memory_mb: int = 2048  # address-space cap of a parser process
+    parser_workers: int = 2
     max_batch_files: int = 100_000
 
 
@@ -61,7 +63,7 @@ class Settings(BaseSettings):
     chunk_overlap: int = 150
 
     # Where ingest_files may read from (besides object-store keys). Empty: only the tenant's raw/.
-    import_roots: list[Path] = Field(default_factory=list)
+    import_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
 
     # Lakehouse query limits.
     sql_max_rows: int = 1000
@@ -79,8 +81,8 @@ class Settings(BaseSettings):
     @field_validator("import_roots", mode="before")
     @classmethod
     def _split_roots(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [p for p in value.split(os.pathsep) if p] if not value.startswith("[") else value
+        if isinstance(value, str):  # "a:b:c" like PATH
+            return [p for p in value.split(os.pathsep) if p.strip()]
         return value
 
 
