@@ -260,5 +260,15 @@ def client_config(tenant: TenantOpt = None) -> None:
     out.print_json(json.dumps(config))
 
 
+def _mount_gateway_commands() -> None:
+    from kontor.gateway import cli as gateway_cli
+
+    app.add_typer(gateway_cli.tenant_app, name="tenant", help="tenants of the gateway")
+    app.add_typer(gateway_cli.user_app, name="user", help="users of a tenant")
+    app.add_typer(gateway_cli.tools_app, name="tools", help="pinned tool definitions")
+
+
+_mount_gateway_commands()
+
 if __name__ == "__main__":
     app()

@@ -26,7 +26,7 @@ class NoTenant(RuntimeError):
 
 def validate_tenant(tenant: str) -> str:
     """Return ``tenant`` if it is a valid slug (lowercase letters, digits, inner hyphens; 1-63)."""
-    if not isinstance(tenant, str) or not _SLUG.match(tenant):
+    if not isinstance(tenant, str) or not _SLUG.fullmatch(tenant):
         raise InvalidTenant(
             f"invalid tenant id {tenant!r}: use 1-63 lowercase letters, digits and inner hyphens"
         )
