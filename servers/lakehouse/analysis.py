@@ -623,3 +623,26 @@ def query_identifier_keys(query: str) -> list[str]:
         if MIN_SKU_CHARS <= len(key) <= 40 and any(c.isalpha() for c in key) and not _MEASURE.match(a + b):
             keys.setdefault(key, None)
     return list(keys)
+
+
+_GERMAN_MARKERS = frozenset(
+    "der die das und ist nicht mit für von zu den dem des ein eine einer eines wird wurde werden "
+    "sind auf bei nach über wie was welche welcher welches wer wann warum kann können muss "
+    "darf oder aus im am zum zur auch nur noch sich was abs satz nr gem vor".split())
+_ENGLISH_MARKERS = frozenset(
+    "the and is are were of to in for with on by from which what who when why how can "
+    "must may shall does do this that these those a an or any".split())
+
+
+def detect_language(text: str) -> str | None:
+    """'de', 'en' or None: a deterministic function-word vote (umlauts and ß count for German)."""
+    words = re.findall(r"[a-zA-ZäöüÄÖÜß]+", text.lower())
+    if not words:
+        return None
+    german = sum(w in _GERMAN_MARKERS for w in words) + sum(ch in "äöüß§" for ch in text.lower())
+    english = sum(w in _ENGLISH_MARKERS for w in words)
+    if german > english:
+        return "de"
+    if english > german:
+        return "en"
+    return None

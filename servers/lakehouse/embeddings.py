@@ -16,6 +16,18 @@ from pathlib import Path
 import numpy as np
 
 BUNDLED_MODELS = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+# Languages a model was trained for. Hybrid search trusts the vector ranking less for queries in
+# other languages (all-MiniLM-L6-v2 is English-only and ranks German text poorly). Models not
+# listed here (e.g. a customer's multilingual-e5 directory) count as covering every language.
+MODEL_LANGUAGES: dict[str, frozenset[str]] = {name: frozenset({"en"}) for name in BUNDLED_MODELS}
+
+
+def model_languages(model: str) -> frozenset[str] | None:
+    """The languages of ``model``, or None when unknown (treated as multilingual)."""
+    override = os.environ.get("KONTOR_EMBEDDING_LANGUAGES", "").strip()
+    if override:
+        return None if override == "*" else frozenset(x.strip() for x in override.split(",") if x.strip())
+    return MODEL_LANGUAGES.get(model)
 
 
 class EmbeddingModelError(RuntimeError):
