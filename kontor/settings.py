@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     embedding_batch_size: int = 64
     embedding_device: str = "cpu"
 
+    # Files per ingest batch: one parse round, one embedding call, one lakehouse commit. Larger
+    # batches give the embedder more texts per call (less padding); a crash redoes at most one.
+    ingest_batch_files: int = Field(default=128, ge=1, le=4096)
+
     # Chunking (characters).
     chunk_size: int = 1200
     chunk_overlap: int = 150

@@ -38,8 +38,7 @@ from kontor.settings import Limits, Settings
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int, str], Awaitable[None]]
-BATCH_FILES = 32
-OPTIMIZE_EVERY_BATCHES = 8  # keeps the rows the indexes have not seen yet bounded during long jobs
+OPTIMIZE_EVERY_FILES = 1024  # keeps the rows the indexes have not seen yet bounded during long jobs
 IGNORED_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 
 
@@ -189,16 +188,18 @@ class IngestService:
             if items:
                 # The model and tables open before the first batch, in a thread: loading is slow.
                 await anyio.to_thread.run_sync(lambda: self.store)
-            for start in range(0, len(items), BATCH_FILES):
+            size = self.settings.ingest_batch_files
+            optimize_every = max(1, OPTIMIZE_EVERY_FILES // size)
+            for start in range(0, len(items), size):
                 if await self.jobs.cancel_requested(job_id):
                     await self.jobs.cancel_pending(job_id)
                     await self.jobs.set_state(job_id, "cancelled", "cancelled on request")
                     return await self.jobs.report(job_id)
-                batch = items[start : start + BATCH_FILES]
+                batch = items[start : start + size]
                 outcomes = await self._run_batch(batch)
                 await self.jobs.record(outcomes)
                 done += len(batch)
-                if (start // BATCH_FILES + 1) % OPTIMIZE_EVERY_BATCHES == 0:
+                if (start // size + 1) % optimize_every == 0:
                     await anyio.to_thread.run_sync(self.store.optimize)
                 if progress is not None:
                     await progress(done, total, f"{done}/{total} files")

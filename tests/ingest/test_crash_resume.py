@@ -38,7 +38,7 @@ async def _poll_until(client: Client, job_id: str, predicate, limit_s: float = 1
 async def test_killed_mid_job_resumes_to_the_same_chunks_as_a_clean_run(tmp_path: Path):
     folder = tmp_path / "import"
     samples.text_corpus(folder, 160, words=(4, 10), paragraphs=(1, 2))
-    env = server_env(tmp_path / "crash", "acme", KONTOR_IMPORT_ROOTS=str(folder))
+    env = server_env(tmp_path / "crash", "acme", KONTOR_IMPORT_ROOTS=str(folder), KONTOR_INGEST_BATCH_FILES="32")
 
     with http_server("ingest", env) as (url, proc):
         async with Client(url) as client:
@@ -55,7 +55,7 @@ async def test_killed_mid_job_resumes_to_the_same_chunks_as_a_clean_run(tmp_path
     assert final["state"] == "completed" and final["ok"] == 160 and final["failed"] == 0
 
     clean_root = tmp_path / "clean"
-    settings = Settings(data_root=clean_root, tenant="acme")
+    settings = Settings(data_root=clean_root, tenant="acme", ingest_batch_files=32)
     with ParserPool(Limits(), workers=1) as pool:
         service = IngestService(settings, pool.limits, "acme", pool=pool)
         specs, _ = expand_paths([folder])

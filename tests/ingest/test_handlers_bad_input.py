@@ -14,6 +14,7 @@ from kontor.servers.ingest.handlers import parse
 from kontor.servers.ingest.handlers.xml_safe import parse as parse_xml
 from kontor.servers.ingest.model import CorruptFile, LimitExceeded, UnsafeContent, UnsupportedType
 from kontor.settings import Limits
+from tests.samples import BILLION_LAUGHS
 
 LIMITS = Limits()
 
@@ -71,20 +72,6 @@ def test_file_size_limit() -> None:
     with pytest.raises(LimitExceeded, match="more than the limit of 10"):
         parse(b"Ein Text, der laenger als zehn Bytes ist", "x.txt", Limits(max_file_bytes=10))
 
-
-BILLION_LAUGHS = b"""<?xml version="1.0"?>
-<!DOCTYPE lolz [
- <!ENTITY lol "lol">
- <!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
- <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
- <!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
- <!ENTITY lol5 "&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;">
- <!ENTITY lol6 "&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;">
- <!ENTITY lol7 "&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;">
- <!ENTITY lol8 "&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;">
- <!ENTITY lol9 "&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;">
-]>
-<lolz>&lol9;</lolz>"""
 
 XXE = b"""<?xml version="1.0"?>
 <!DOCTYPE daten [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
