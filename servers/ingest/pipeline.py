@@ -319,7 +319,7 @@ class IngestService:
             metadata=dict(doc.metadata), ingested_at=now,
         )
         products = [_product_row(doc_id, prod) for prod in doc.products]
-        embed_texts = [_embedding_text(record.title, c) for c in chunks]
+        embed_texts = [embedding_text(record.title, c) for c in chunks]
         return _DocumentPlan(record, chunks, embed_texts, products)
 
     def _finish_batch(self, prepared: list[_Prepared]) -> dict[int, ItemOutcome]:
@@ -379,7 +379,7 @@ class IngestService:
         return stale
 
 
-def _embedding_text(title: str, chunk: ChunkRecord) -> str:
+def embedding_text(title: str, chunk: ChunkRecord) -> str:
     """What is embedded: the chunk with its title and section as context."""
     head = " — ".join(x for x in (title, chunk.section) if x)
     return f"{head}\n{chunk.text}" if head and not chunk.text.startswith(title) else chunk.text
