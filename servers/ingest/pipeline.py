@@ -10,6 +10,7 @@ with exactly the files that were not finished.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -169,13 +170,6 @@ class IngestService:
         clean = safe_name(name)
         key = await anyio.to_thread.run_sync(self.objects.put, self.tenant, sha, clean, data)
         return await self.jobs.create([ItemSpec("object", key, clean)], "upload")
-
-    async def job_for_keys(self, keys: list[str], origin: str) -> str:
-        specs = []
-        for key in keys:
-            self.objects.check_tenant(key, self.tenant)
-            specs.append(ItemSpec("object", key, key.rsplit("/", 1)[-1]))
-        return await self.jobs.create(specs, origin)
 
     # -- running -----------------------------------------------------------------------------
     async def run(self, job_id: str, progress: ProgressFn | None = None) -> JobReport:
@@ -401,8 +395,6 @@ def _product_identifiers(doc: ParsedDocument) -> list[tuple[int, list[str]]]:
 
 
 def _product_row(document_id: str, product: Any) -> ProductRecord:
-    import json
-
     return ProductRecord(
         document_id=document_id, supplier_pid=product.supplier_pid, gtin=product.gtin,
         manufacturer_pid=product.manufacturer_pid, manufacturer_name=product.manufacturer_name,
