@@ -53,6 +53,7 @@ __all__ = [
     "UnsafeUrl",
     "VettedTarget",
     "address_refusal",
+    "pinned_pool",
     "system_resolver",
 ]
 
@@ -596,3 +597,22 @@ class _PinnedBackend(httpcore.AsyncNetworkBackend):
 
 def _json_dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def pinned_pool(target: VettedTarget, *, max_connections: int = 64, keepalive_expiry: float = 30.0,
+                ssl_context: ssl.SSLContext | None = None) -> httpcore.AsyncConnectionPool:
+    """A keep-alive connection pool that can only reach ``target``'s vetted addresses.
+
+    For the gateway's hot path to an upstream server: the URL was vetted once (when the
+    upstream session was opened) and every later connection goes to those addresses, so a DNS
+    answer that changes afterwards cannot redirect calls.
+    """
+    if target.scheme == "https" and ssl_context is None:
+        import certifi
+
+        ssl_context = ssl.create_default_context(cafile=certifi.where())
+    return httpcore.AsyncConnectionPool(
+        ssl_context=ssl_context if target.scheme == "https" else None,
+        network_backend=_PinnedBackend(target.host, target.port, target.addresses),
+        max_connections=max_connections, keepalive_expiry=keepalive_expiry,
+    )

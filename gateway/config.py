@@ -1,0 +1,118 @@
+"""Gateway settings (``KONTOR_GATEWAY_*``) and the URLs every part derives from them.
+
+All public URLs (token audiences, issuers, metadata documents) are built from the configured
+``public_origin``, never from request headers, so a forged ``Host`` cannot change them.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kontor.settings import get_settings
+from kontor.tenancy import validate_tenant
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KONTOR_GATEWAY_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8700
+    #: Scheme, host and port clients use to reach the gateway; default http://<host>:<port>.
+    public_origin: str = ""
+    #: http (not https) allowed for the public origin and for outbound fetches to loopback.
+    dev_mode: bool = True
+    #: SQLAlchemy async URL; default SQLite under <data root>/gateway/.
+    db_url: str = ""
+
+    access_token_ttl_s: int = 600
+    refresh_token_ttl_s: int = 30 * 24 * 3600
+    auth_code_ttl_s: int = 60
+    internal_token_ttl_s: int = 120
+
+    discovery_timeout_s: float = 5.0
+    tool_call_timeout_s: float = 120.0
+    #: How long a cached aggregated tools/list stays fresh before upstreams are asked again.
+    catalog_ttl_s: float = 30.0
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_result_bytes: int = 8 * 1024 * 1024
+    page_size: int = Field(default=100, ge=1, le=1000)
+
+    rate_tenant_per_s: float = 200.0
+    rate_tenant_burst: float = 400.0
+    rate_user_per_s: float = 50.0
+    rate_user_burst: float = 100.0
+
+    audit: bool = True
+    #: FULL: every audit commit is fsynced (survives power loss); NORMAL: survives a killed process only.
+    audit_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    #: OpenTelemetry exporter: "" (off), "console", or "otlp" (OTLP/HTTP, endpoint from OTEL_* env).
+    otel_exporter: str = ""
+
+    @field_validator("public_origin")
+    @classmethod
+    def _origin(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+            raise ValueError("public_origin must be scheme://host[:port] without a path")
+        return value
+
+    @property
+    def origin(self) -> str:
+        if self.public_origin:
+            return self.public_origin
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if host in ("0.0.0.0", "[::]"):
+            host = "127.0.0.1"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(get_settings().data_root) / "gateway"
+
+    @property
+    def database_url(self) -> str:
+        if self.db_url:
+            return self.db_url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite+aiosqlite:///{self.data_dir / 'gateway.db'}"
+
+    # -- URLs ---------------------------------------------------------------------------
+
+    def resource_uri(self, tenant: str) -> str:
+        """Canonical URI of a tenant's MCP endpoint: the audience of that tenant's access tokens."""
+        return f"{self.origin}/t/{validate_tenant(tenant)}/mcp"
+
+    def issuer(self, tenant: str) -> str:
+        """Issuer of the built-in authorization server for ``tenant`` (one issuer per tenant)."""
+        return f"{self.origin}/t/{validate_tenant(tenant)}"
+
+    def resource_metadata_url(self, tenant: str) -> str:
+        """RFC 9728 path-inserted well-known URI of the tenant endpoint's metadata."""
+        return f"{self.origin}/.well-known/oauth-protected-resource/t/{validate_tenant(tenant)}/mcp"
+
+    def as_metadata_url(self, tenant: str) -> str:
+        """RFC 8414 path-inserted well-known URI of the tenant issuer's metadata."""
+        return f"{self.origin}/.well-known/oauth-authorization-server/t/{validate_tenant(tenant)}"
+
+    @property
+    def internal_issuer(self) -> str:
+        """Issuer of the internal tokens the gateway mints for upstream servers."""
+        return f"{self.origin}/internal"
+
+    @property
+    def internal_jwks_url(self) -> str:
+        return f"{self.origin}/.well-known/jwks.json"
+
+
+@lru_cache(maxsize=1)
+def get_gateway_settings() -> GatewaySettings:
+    return GatewaySettings()

@@ -1,0 +1,446 @@
+"""The MCP side of the gateway: one low-level SDK server whose handlers fan out to upstreams.
+
+Every request reaching a handler has passed the HTTP layer (:mod:`kontor.gateway.app`): the
+token is verified and the caller's :class:`Principal` sits in the ASGI scope. Handlers look
+up the tenant's :class:`Catalog`, check the scope a tool needs, and forward the call over a
+reused :class:`UpstreamSession` for that principal (one per tenant, server, user, client and
+scope set), with an internal token minted for the server's audience — never the user's
+token. While an upstream works, its progress and log notifications are relayed to the caller
+and its sampling / elicitation / roots requests are forwarded to the caller and answered back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import httpcore
+import mcp_types as types
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import Server
+from mcp.shared.exceptions import MCPError
+
+from kontor.gateway.audit import AuditEvent, AuditLog, AuditWriteError
+from kontor.gateway.catalog import Catalog, CatalogBuilder, page
+from kontor.gateway.config import GatewaySettings
+from kontor.gateway.db import GatewayDB, Installation
+from kontor.gateway.resource_server import Principal
+from kontor.gateway.safehttp import SafeHttpClient, pinned_pool
+from kontor.gateway.scopes import read_scope, write_scope
+from kontor.gateway.tokens import TokenMinter
+from kontor.gateway.upstream import UpstreamError, UpstreamSession, UpstreamTimeout, UpstreamUnavailable
+
+log = logging.getLogger(__name__)
+
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+UPSTREAM_UNAVAILABLE = -32002
+UPSTREAM_TIMEOUT = -32001
+FORBIDDEN = -32003
+DISCOVERY_PRINCIPAL = "kontor-gateway"
+
+#: Server-to-client requests an upstream may send while handling a call, and the client capability each needs.
+RELAYED_REQUESTS = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
+
+
+def principal_of(ctx: ServerRequestContext[Any, Any]) -> Principal:
+    request = ctx.request
+    principal = getattr(request, "scope", {}).get("kontor.principal") if request is not None else None
+    if not isinstance(principal, Principal):  # the HTTP layer always sets it; never serve without
+        raise MCPError(FORBIDDEN, "request is not authenticated")
+    return principal
+
+
+class Gateway:
+    """Upstream sessions, catalogs, relays and the SDK server handlers."""
+
+    def __init__(self, settings: GatewaySettings, db: GatewayDB, minter: TokenMinter, audit: AuditLog | None,
+                 *, http: SafeHttpClient | None = None, max_sessions: int = 4096) -> None:
+        self.settings = settings
+        self.db = db
+        self.minter = minter
+        self.audit = audit
+        self.http = http or SafeHttpClient(allow_http=settings.dev_mode, allow_private=settings.dev_mode)
+        self.max_sessions = max_sessions
+        self._pools: dict[str, httpcore.AsyncConnectionPool] = {}
+        self._pool_lock = asyncio.Lock()
+        self._sessions: OrderedDict[tuple[Any, ...], UpstreamSession] = OrderedDict()
+        self._session_locks: dict[tuple[Any, ...], asyncio.Lock] = {}
+        self.catalogs = CatalogBuilder(db, self._discovery_session, timeout_s=settings.discovery_timeout_s,
+                                       ttl_s=settings.catalog_ttl_s, on_withheld=self._audit_withheld)
+        # Downstream sessions per tenant, to pass on list-changed notifications; and resource subscribers.
+        self._downstream: dict[str, weakref.WeakSet[Any]] = {}
+        self._subscribers: dict[tuple[str, str], weakref.WeakSet[Any]] = {}
+        self.server = self._build_server()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def close(self) -> None:
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        for pool in self._pools.values():
+            with contextlib.suppress(Exception):
+                await pool.aclose()
+        self._pools.clear()
+
+    # ----------------------------------------------------------------- upstream sessions
+
+    async def _pool(self, installation: Installation) -> httpcore.AsyncConnectionPool:
+        url = installation.upstream_url
+        pool = self._pools.get(url)
+        if pool is not None:
+            return pool
+        async with self._pool_lock:
+            pool = self._pools.get(url)
+            if pool is None:
+                # Vetted once (SSRF rules, DNS resolved), then pinned to those addresses.
+                target = await self.http.vet(url)
+                pool = self._pools[url] = pinned_pool(target, max_connections=256)
+            return pool
+
+    def _token_provider(self, installation: Installation, subject: str, tenant: str, scopes: frozenset[str],
+                        client_id: str | None) -> Any:
+        audience = installation.upstream_url
+        ttl = self.settings.internal_token_ttl_s
+        actor = self.settings.internal_issuer
+
+        def token() -> str:
+            return self.minter.mint(audience, subject, tenant, scopes, actor=actor, client_id=client_id, ttl_s=ttl)
+
+        return token
+
+    async def session(self, installation: Installation, tenant: str, subject: str, client_id: str | None,
+                      scopes: frozenset[str]) -> UpstreamSession:
+        server_scopes = frozenset(s for s in scopes if s in (read_scope(installation.server),
+                                                            write_scope(installation.server)))
+        key = (tenant, installation.server, installation.upstream_url, subject, client_id, server_scopes)
+        session = self._sessions.get(key)
+        if session is not None and not session.closed:
+            self._sessions.move_to_end(key)
+            return session
+        lock = self._session_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            session = self._sessions.get(key)
+            if session is not None and not session.closed:
+                return session
+            pool = await self._pool(installation)
+            session = UpstreamSession(
+                installation.server, installation.upstream_url, pool,
+                self._token_provider(installation, subject, tenant, server_scopes, client_id),
+                on_standalone=self._on_standalone, max_message_bytes=self.settings.max_result_bytes,
+                connect_timeout_s=self.settings.discovery_timeout_s)
+            session.tenant = tenant  # type: ignore[attr-defined]
+            await session.start()
+            self._sessions[key] = session
+            while len(self._sessions) > self.max_sessions:
+                _, old = self._sessions.popitem(last=False)
+                asyncio.get_running_loop().create_task(old.close())
+        self._session_locks.pop(key, None)
+        return session
+
+    async def _discovery_session(self, installation: Installation) -> UpstreamSession:
+        scopes = frozenset({read_scope(installation.server), write_scope(installation.server)})
+        return await self.session(installation, installation.tenant_id, DISCOVERY_PRINCIPAL, DISCOVERY_PRINCIPAL,
+                                  scopes)
+
+    async def forget_sessions(self, tenant: str, server: str) -> None:
+        """Close the sessions to one server (after a fault, so the next call reconnects)."""
+        for key in [k for k in self._sessions if k[0] == tenant and k[1] == server]:
+            session = self._sessions.pop(key)
+            asyncio.get_running_loop().create_task(session.close())
+
+    async def _on_standalone(self, session: UpstreamSession, message: dict[str, Any]) -> None:
+        method = message.get("method")
+        tenant = getattr(session, "tenant", None)
+        if tenant is None:
+            return
+        if method in ("notifications/tools/list_changed", "notifications/prompts/list_changed",
+                      "notifications/resources/list_changed"):
+            self.catalogs.invalidate(tenant)
+            for downstream in list(self._downstream.get(tenant, ())):
+                with contextlib.suppress(Exception):
+                    await downstream.send_notification_raw(method)
+        elif method == "notifications/resources/updated":
+            uri = (message.get("params") or {}).get("uri")
+            for downstream in list(self._subscribers.get((tenant, str(uri)), ())):
+                with contextlib.suppress(Exception):
+                    await downstream.send_notification_raw(method, {"uri": uri})
+
+    # ----------------------------------------------------------------- helpers
+
+    def _remember(self, ctx: ServerRequestContext[Any, Any], tenant: str) -> _Downstream:
+        connection = ctx.session._connection  # the per-client connection: its standalone channel outlives a request
+        downstream = _Downstream.of(connection)
+        self._downstream.setdefault(tenant, weakref.WeakSet()).add(downstream)
+        return downstream
+
+    async def _catalog(self, ctx: ServerRequestContext[Any, Any]) -> tuple[Principal, Catalog]:
+        principal = principal_of(ctx)
+        self._remember(ctx, principal.tenant)
+        return principal, await self.catalogs.get(principal.tenant)
+
+    def _relay(self, ctx: ServerRequestContext[Any, Any]) -> Any:
+        """``on_message`` for an upstream request made on behalf of ``ctx``'s request."""
+        outbound = ctx.session._request_outbound  # the request-scoped channel (its SSE stream)
+        capabilities = ctx.session.client_capabilities
+
+        async def relay(message: dict[str, Any]) -> dict[str, Any] | None:
+            method = message.get("method")
+            params = message.get("params")
+            if "id" not in message:
+                if method in ("notifications/progress", "notifications/message"):
+                    await outbound.notify(method, params)
+                return None
+            needed = RELAYED_REQUESTS.get(str(method))
+            if needed is None:
+                return {"error": {"code": -32601, "message": f"the gateway does not relay {method!r}"}}
+            if capabilities is None or getattr(capabilities, needed, None) is None:
+                return {"error": {"code": -32601,
+                                  "message": f"the calling client does not support {needed} ({method})"}}
+            if not outbound.can_send_request:
+                return {"error": {"code": -32601,
+                                  "message": f"the calling client cannot receive {method} on this connection"}}
+            try:
+                result = await outbound.send_raw_request(method, params, None)
+            except MCPError as exc:
+                return {"error": {"code": exc.code, "message": exc.message, "data": exc.data}}
+            return {"result": result}
+
+        return relay
+
+    async def _forward(self, ctx: ServerRequestContext[Any, Any], principal: Principal, installation: Installation,
+                       method: str, params: dict[str, Any], timeout_s: float | None) -> dict[str, Any]:
+        try:
+            session = await self.session(installation, principal.tenant, principal.subject, principal.client_id,
+                                         principal.scopes)
+            return await session.request(method, params, on_message=self._relay(ctx), timeout_s=timeout_s)
+        except UpstreamError as exc:
+            raise MCPError(exc.code, exc.message, exc.data) from None
+        except UpstreamTimeout as exc:
+            raise MCPError(UPSTREAM_TIMEOUT, str(exc)) from None
+        except (UpstreamUnavailable, OSError, TimeoutError) as exc:
+            await self.forget_sessions(principal.tenant, installation.server)
+            raise MCPError(UPSTREAM_UNAVAILABLE, f"server {installation.server!r} is unavailable: {exc}") from None
+
+    @staticmethod
+    def _params(ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
+        return dict(ctx.params or {})
+
+    # ----------------------------------------------------------------- audit
+
+    async def _audit(self, event: AuditEvent) -> None:
+        if self.audit is None:
+            return
+        try:
+            await self.audit.append(event)
+        except AuditWriteError as exc:  # fail closed: no durable record, no answer
+            log.error("audit write failed: %s", exc)
+            raise MCPError(INTERNAL_ERROR, "the call could not be recorded in the audit log") from None
+
+    async def _audit_withheld(self, tenant: str, server: str, tool: str, reason: str) -> None:
+        if self.audit is not None:
+            with contextlib.suppress(AuditWriteError):
+                await self.audit.append(AuditEvent(tenant=tenant, decision="denied", kind="tool_withheld",
+                                                   tool=f"{server}/{tool}", reason=reason, upstream=server))
+
+    # ----------------------------------------------------------------- handlers
+
+    def _build_server(self) -> Server[Any]:
+        return Server(
+            "kontor-gateway",
+            version="1",
+            instructions="Kontor: the tools of the servers your tenant has installed, namespaced <server>__<tool>.",
+            on_list_tools=self.list_tools,
+            on_call_tool=self.call_tool,
+            on_list_prompts=self.list_prompts,
+            on_get_prompt=self.get_prompt,
+            on_list_resources=self.list_resources,
+            on_list_resource_templates=self.list_resource_templates,
+            on_read_resource=self.read_resource,
+            on_subscribe_resource=self.subscribe,
+            on_unsubscribe_resource=self.unsubscribe,
+            on_completion=self.complete,
+        )
+
+    async def list_tools(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
+        principal, catalog = await self._catalog(ctx)
+        visible = catalog.visible_tools(principal.scopes)
+        try:
+            chunk, cursor = page(visible, lambda t: t.name, getattr(params, "cursor", None), self.settings.page_size)
+        except ValueError:
+            raise MCPError(INVALID_PARAMS, "invalid cursor for tools/list") from None
+        result: dict[str, Any] = {"tools": [t.definition for t in chunk]}
+        if cursor:
+            result["nextCursor"] = cursor
+        return result
+
+    async def call_tool(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
+        started = time.perf_counter()
+        principal = principal_of(ctx)
+        catalog = self.catalogs.cached(principal.tenant)
+        raw = self._params(ctx)
+        name = str(raw.get("name", ""))
+        entry = catalog.tools.get(name) if catalog is not None else None
+        if entry is None:  # not cached yet, or a new tool: ask the servers again
+            catalog = await self.catalogs.get(principal.tenant)
+            entry = catalog.tools.get(name)
+        arguments = raw.get("arguments")
+        audit_base = {"tenant": principal.tenant, "subject": principal.subject, "client_id": principal.client_id,
+                      "tool": name[:200]}
+        if entry is None or entry.scope not in principal.scopes:
+            # Unknown, withheld and forbidden tools look the same to the caller.
+            await self._audit(AuditEvent.tool_call(arguments=arguments if isinstance(arguments, dict) else None,
+                                                   decision="denied", reason="unknown or not permitted tool",
+                                                   **audit_base))
+            raise MCPError(INVALID_PARAMS, f"unknown tool: {name[:100]!r}")
+        self._remember(ctx, principal.tenant)
+        installation = catalog.servers[entry.server]
+        upstream_params = {**raw, "name": entry.upstream_name}
+        timeout = entry.timeout_s or self.settings.tool_call_timeout_s
+        status = "ok"
+        try:
+            result = await self._forward(ctx, principal, installation, "tools/call", upstream_params, timeout)
+            if result.get("isError"):
+                status = "error"
+            return result
+        except MCPError as exc:
+            status = "timeout" if exc.code == UPSTREAM_TIMEOUT else "error"
+            raise
+        finally:
+            await self._audit(AuditEvent.tool_call(
+                arguments=arguments if isinstance(arguments, dict) else None, decision="allowed", status=status,
+                latency_ms=(time.perf_counter() - started) * 1000, upstream=entry.server, **audit_base))
+
+    async def list_prompts(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
+        principal, catalog = await self._catalog(ctx)
+        visible = [p for p in catalog.prompts.values() if read_scope(p.server) in principal.scopes]
+        try:
+            chunk, cursor = page(visible, lambda p: p.name, getattr(params, "cursor", None), self.settings.page_size)
+        except ValueError:
+            raise MCPError(INVALID_PARAMS, "invalid cursor for prompts/list") from None
+        result: dict[str, Any] = {"prompts": [p.definition for p in chunk]}
+        if cursor:
+            result["nextCursor"] = cursor
+        return result
+
+    async def get_prompt(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
+        principal, catalog = await self._catalog(ctx)
+        raw = self._params(ctx)
+        entry = catalog.prompts.get(str(raw.get("name", "")))
+        if entry is None or read_scope(entry.server) not in principal.scopes:
+            raise MCPError(INVALID_PARAMS, f"unknown prompt: {str(raw.get('name'))[:100]!r}")
+        return await self._forward(ctx, principal, catalog.servers[entry.server], "prompts/get",
+                                   {**raw, "name": entry.upstream_name}, self.settings.tool_call_timeout_s)
+
+    def _readable(self, principal: Principal, server: str) -> bool:
+        return read_scope(server) in principal.scopes
+
+    async def list_resources(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
+        principal, catalog = await self._catalog(ctx)
+        visible = sorted((uri, d) for uri, (server, d) in catalog.resources.items()
+                         if self._readable(principal, server))
+        try:
+            chunk, cursor = page(visible, lambda r: r[0], getattr(params, "cursor", None), self.settings.page_size)
+        except ValueError:
+            raise MCPError(INVALID_PARAMS, "invalid cursor for resources/list") from None
+        result: dict[str, Any] = {"resources": [d for _, d in chunk]}
+        if cursor:
+            result["nextCursor"] = cursor
+        return result
+
+    async def list_resource_templates(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
+        principal, catalog = await self._catalog(ctx)
+        visible = sorted(((d["uriTemplate"], d) for server, _, d in catalog.templates
+                          if self._readable(principal, server)), key=lambda x: x[0])
+        try:
+            chunk, cursor = page(visible, lambda r: r[0], getattr(params, "cursor", None), self.settings.page_size)
+        except ValueError:
+            raise MCPError(INVALID_PARAMS, "invalid cursor for resources/templates/list") from None
+        result: dict[str, Any] = {"resourceTemplates": [d for _, d in chunk]}
+        if cursor:
+            result["nextCursor"] = cursor
+        return result
+
+    async def _resource_route(self, ctx: ServerRequestContext[Any, Any]) -> tuple[Principal, Installation,
+                                                                                   dict[str, Any]]:
+        principal, catalog = await self._catalog(ctx)
+        raw = self._params(ctx)
+        uri = str(raw.get("uri", ""))
+        server = catalog.resource_server(uri)
+        if server is None or not self._readable(principal, server):
+            raise MCPError(-32002, f"resource not found: {uri[:200]!r}")
+        return principal, catalog.servers[server], raw
+
+    async def read_resource(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
+        principal, installation, raw = await self._resource_route(ctx)
+        return await self._forward(ctx, principal, installation, "resources/read", raw,
+                                   self.settings.tool_call_timeout_s)
+
+    async def subscribe(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
+        principal, installation, raw = await self._resource_route(ctx)
+        result = await self._forward(ctx, principal, installation, "resources/subscribe", raw,
+                                     self.settings.discovery_timeout_s)
+        downstream = self._remember(ctx, principal.tenant)
+        self._subscribers.setdefault((principal.tenant, str(raw["uri"])), weakref.WeakSet()).add(downstream)
+        return result
+
+    async def unsubscribe(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
+        principal, installation, raw = await self._resource_route(ctx)
+        downstream = self._remember(ctx, principal.tenant)
+        self._subscribers.get((principal.tenant, str(raw["uri"])), weakref.WeakSet()).discard(downstream)
+        return await self._forward(ctx, principal, installation, "resources/unsubscribe", raw,
+                                   self.settings.discovery_timeout_s)
+
+    async def complete(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
+        principal, catalog = await self._catalog(ctx)
+        raw = self._params(ctx)
+        ref = raw.get("ref") or {}
+        if ref.get("type") == "ref/prompt":
+            entry = catalog.prompts.get(str(ref.get("name")))
+            if entry is None or not self._readable(principal, entry.server):
+                raise MCPError(INVALID_PARAMS, "unknown prompt in completion reference")
+            server, upstream_params = entry.server, {**raw, "ref": {**ref, "name": entry.upstream_name}}
+        else:
+            uri = str(ref.get("uri", ""))
+            found = next((s for s, _, d in catalog.templates if d.get("uriTemplate") == uri), None)
+            found = found or catalog.resource_server(uri)
+            if found is None or not self._readable(principal, found):
+                raise MCPError(INVALID_PARAMS, "unknown resource in completion reference")
+            server, upstream_params = found, raw
+        installation = catalog.servers[server]
+        if "completions" not in (await self.session(installation, principal.tenant, principal.subject,
+                                                    principal.client_id, principal.scopes)).server_capabilities:
+            return {"completion": {"values": [], "hasMore": False}}
+        return await self._forward(ctx, principal, installation, "completion/complete", upstream_params,
+                                   self.settings.discovery_timeout_s)
+
+
+class _Downstream:
+    """A weakly referenced handle on one downstream client connection's standalone channel."""
+
+    _by_connection: weakref.WeakKeyDictionary[Any, _Downstream] = weakref.WeakKeyDictionary()
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = weakref.ref(connection)
+
+    @classmethod
+    def of(cls, connection: Any) -> _Downstream:
+        handle = cls._by_connection.get(connection)
+        if handle is None:
+            handle = cls._by_connection[connection] = cls(connection)
+        return handle
+
+    async def send_notification_raw(self, method: str, params: Mapping[str, Any] | None = None) -> None:
+        connection = self._connection()
+        if connection is not None:
+            await connection.outbound.notify(method, params)
+
+
+__all__ = ["Gateway", "principal_of", "types"]
