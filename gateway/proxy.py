@@ -22,9 +22,11 @@ from typing import Any
 
 import httpcore
 import mcp_types as types
+from mcp.server.caching import CACHEABLE_METHODS, CacheHint
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from kontor.gateway.audit import AuditEvent, AuditLog, AuditWriteError
 from kontor.gateway.catalog import Catalog, CatalogBuilder, page
@@ -220,7 +222,8 @@ class Gateway:
         try:
             session = await self.session(installation, principal.tenant, principal.subject, principal.client_id,
                                          principal.scopes)
-            return await session.request(method, params, on_message=self._relay(ctx), timeout_s=timeout_s)
+            result = await session.request(method, params, on_message=self._relay(ctx), timeout_s=timeout_s)
+            return self._complete(ctx, result)
         except UpstreamError as exc:
             raise MCPError(exc.code, exc.message, exc.data) from None
         except UpstreamTimeout as exc:
@@ -228,6 +231,13 @@ class Gateway:
         except (UpstreamUnavailable, OSError, TimeoutError) as exc:
             await self.forget_sessions(principal.tenant, installation.server)
             raise MCPError(UPSTREAM_UNAVAILABLE, f"server {installation.server!r} is unavailable: {exc}") from None
+
+    @staticmethod
+    def _complete(ctx: ServerRequestContext[Any, Any], result: dict[str, Any]) -> dict[str, Any]:
+        """A 2026-07-28 result needs ``resultType``; upstream (2025-11-25) results and our lists lack it."""
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS and "resultType" not in result:
+            result["resultType"] = "complete"
+        return result
 
     @staticmethod
     def _params(ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
@@ -253,9 +263,13 @@ class Gateway:
     # ----------------------------------------------------------------- handlers
 
     def _build_server(self) -> Server[Any]:
+        # Lists depend on the caller's scopes: cacheable only within one authorization context, and
+        # only briefly, since pins and installations change under them.
+        private = CacheHint(ttl_ms=0, scope="private")
         return Server(
             "kontor-gateway",
             version="1",
+            cache_hints={method: private for method in CACHEABLE_METHODS},
             instructions="Kontor: the tools of the servers your tenant has installed, namespaced <server>__<tool>.",
             on_list_tools=self.list_tools,
             on_call_tool=self.call_tool,
@@ -279,7 +293,7 @@ class Gateway:
         result: dict[str, Any] = {"tools": [t.definition for t in chunk]}
         if cursor:
             result["nextCursor"] = cursor
-        return result
+        return self._complete(ctx, result)
 
     async def call_tool(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
         started = time.perf_counter()
@@ -328,7 +342,7 @@ class Gateway:
         result: dict[str, Any] = {"prompts": [p.definition for p in chunk]}
         if cursor:
             result["nextCursor"] = cursor
-        return result
+        return self._complete(ctx, result)
 
     async def get_prompt(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
         principal, catalog = await self._catalog(ctx)
@@ -353,7 +367,7 @@ class Gateway:
         result: dict[str, Any] = {"resources": [d for _, d in chunk]}
         if cursor:
             result["nextCursor"] = cursor
-        return result
+        return self._complete(ctx, result)
 
     async def list_resource_templates(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
         principal, catalog = await self._catalog(ctx)
@@ -366,7 +380,7 @@ class Gateway:
         result: dict[str, Any] = {"resourceTemplates": [d for _, d in chunk]}
         if cursor:
             result["nextCursor"] = cursor
-        return result
+        return self._complete(ctx, result)
 
     async def _resource_route(self, ctx: ServerRequestContext[Any, Any]) -> tuple[Principal, Installation,
                                                                                    dict[str, Any]]:
@@ -417,7 +431,7 @@ class Gateway:
         installation = catalog.servers[server]
         if "completions" not in (await self.session(installation, principal.tenant, principal.subject,
                                                     principal.client_id, principal.scopes)).server_capabilities:
-            return {"completion": {"values": [], "hasMore": False}}
+            return self._complete(ctx, {"completion": {"values": [], "hasMore": False}})
         return await self._forward(ctx, principal, installation, "completion/complete", upstream_params,
                                    self.settings.discovery_timeout_s)
 

@@ -69,8 +69,8 @@ class Mesh:
         http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=60.0))
         return Client(streamable_http_client(self.url(tenant), http_client=http), mode=mode, **kwargs)
 
-    def start_upstream(self, name: str, *args: str) -> str:
-        port = free_port()
+    def start_upstream(self, name: str, *args: str, port: int | None = None) -> str:
+        port = port or free_port()
         proc = subprocess.Popen([sys.executable, str(FIXTURE), "--port", str(port), "--name", name, *args],
                                 env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wait_healthy(f"http://127.0.0.1:{port}/health", proc, 60)

@@ -285,3 +285,22 @@ def test_health_reports_gateway(gw: Mesh) -> None:
     assert body["gateway"] == "ok"
     assert json.dumps(body)
     assert Path(gw.settings.data_dir / "audit" / "audit.db").exists()
+
+
+async def test_stateless_2026_07_28_clients_are_served(gw: Mesh) -> None:
+    async with gw.client("acme", gw.token("acme", scopes=ALL), mode="2026-07-28") as client:
+        names = [t.name for t in (await client.list_tools()).tools]
+        assert names == sorted(names) and names
+        result = await client.call_tool("fix__echo", {"text": "modern"})
+    assert result.content[0].text == "modern"
+
+
+def test_2026_routing_headers_must_match_the_body(gw: Mesh) -> None:
+    body = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "fix__echo", "arguments": {"text": "x"},
+                       "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                                 "io.modelcontextprotocol/clientCapabilities": {}}}}
+    headers = _headers(gw.token("acme", scopes=ALL), **{"mcp-protocol-version": "2026-07-28",
+                                                        "mcp-method": "tools/call", "mcp-name": "fix__write_note"})
+    r = httpx.post(gw.url("acme"), json=body, headers=headers)
+    assert r.status_code == 400, r.text
