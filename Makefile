@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The MCP conformance suite (npm, version pinned in its package-lock.json), installed once per lockfile.
+CONFORMANCE := tests/conformance
+CONFORMANCE_STAMP := $(CONFORMANCE)/node_modules/.installed
 
 .PHONY: up test lint bench install
 
@@ -14,12 +17,16 @@ $(STAMP): pyproject.toml setup.py
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+$(CONFORMANCE_STAMP): $(CONFORMANCE)/package.json $(CONFORMANCE)/package-lock.json
+	cd $(CONFORMANCE) && npm ci --no-audit --no-fund
+	touch $(CONFORMANCE_STAMP)
+
 install: $(STAMP)
 
 up: $(STAMP)
 	$(BIN)/kontor up
 
-test: $(STAMP)
+test: $(STAMP) $(CONFORMANCE_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 

@@ -74,6 +74,21 @@ class Catalog:
         return None
 
 
+def public_name(installation: Installation, name: str) -> str:
+    """``<server>__<name>``, or ``name`` itself for an installation configured ``{"prefix": false}``.
+
+    An unprefixed server (e.g. one a tenant wants to appear exactly as it does standalone) may not
+    offer names containing ``__``: every prefixed name contains it, so unprefixed names can never
+    shadow a prefixed one; clashes between unprefixed servers are refused at discovery.
+    """
+    if installation.config.get("prefix", True) is not False:
+        return naming.namespaced(installation.server, name)
+    if naming.SEPARATOR in name or not naming.NAME_PATTERN.fullmatch(name):
+        raise naming.NamingError(f"unprefixed server {installation.server!r} offers {name!r}: names of unprefixed "
+                                 f"servers may not contain '__' and must match {naming.NAME_PATTERN.pattern}")
+    return name
+
+
 def template_pattern(template: str) -> re.Pattern[str]:
     """A regex for an RFC 6570 URI template: ``{x}`` matches one path segment, ``{+x}``/``{/x*}`` more."""
     out, pos = [], 0
@@ -183,9 +198,12 @@ class CatalogBuilder:
             await self._add_tools(catalog, installation, tools)
             for prompt in prompts:
                 try:
-                    name = naming.namespaced(server, str(prompt.get("name")))
+                    name = public_name(installation, str(prompt.get("name")))
                 except naming.NamingError as exc:
                     log.warning("prompt left out: %s", exc)
+                    continue
+                if name in catalog.prompts:
+                    log.warning("prompt %s of %s collides with another server's; left out", name, server)
                     continue
                 catalog.prompts[name] = PromptEntry(name, server, str(prompt["name"]), {**prompt, "name": name})
             for resource in resources:
@@ -243,12 +261,12 @@ class CatalogBuilder:
             if upstream_name not in approved:
                 continue
             try:
-                name = naming.namespaced(server, str(upstream_name))
+                name = public_name(installation, str(upstream_name))
             except naming.NamingError as exc:
                 log.warning("tool left out: %s", exc)
                 continue
             if name in catalog.tools:
-                log.warning("tool %s listed twice; left out", name)
+                log.warning("tool %s of %s collides with another tool of that name; left out", name, server)
                 continue
             timeout = timeouts.get(upstream_name, default_timeout)
             catalog.tools[name] = ToolEntry(

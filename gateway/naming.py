@@ -42,6 +42,7 @@ SEPARATOR = "__"
 MAX_NAME_LENGTH = 48  # 64 (common client limit) - 16 for a client's own prefix such as "mcp__kontor__"
 _SERVER = re.compile(r"[a-z][a-z0-9-]{0,23}")  # used with fullmatch: "$" would accept a trailing "\n"
 _NAME = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_NAME_LENGTH}}}")
+NAME_PATTERN = _NAME  # public: the shape every served name has
 
 
 class NamingError(ValueError):

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -25,7 +26,7 @@ import mcp_types as types
 from mcp.server.caching import CACHEABLE_METHODS, CacheHint
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from kontor.gateway.audit import AuditEvent, AuditLog, AuditWriteError
@@ -266,6 +267,11 @@ class Gateway:
         # Lists depend on the caller's scopes: cacheable only within one authorization context, and
         # only briefly, since pins and installations change under them.
         private = CacheHint(ttl_ms=0, scope="private")
+        with warnings.catch_warnings():  # we relay the (deprecated) 2025-era logging for clients that use it
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            return self._new_server(private)
+
+    def _new_server(self, private: CacheHint) -> Server[Any]:
         return Server(
             "kontor-gateway",
             version="1",
@@ -281,6 +287,7 @@ class Gateway:
             on_subscribe_resource=self.subscribe,
             on_unsubscribe_resource=self.unsubscribe,
             on_completion=self.complete,
+            on_set_logging_level=self.set_logging_level,
         )
 
     async def list_tools(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
@@ -411,6 +418,20 @@ class Gateway:
         self._subscribers.get((principal.tenant, str(raw["uri"])), weakref.WeakSet()).discard(downstream)
         return await self._forward(ctx, principal, installation, "resources/unsubscribe", raw,
                                    self.settings.discovery_timeout_s)
+
+    async def set_logging_level(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
+        """Pass the level on to every server the caller can read (2025-era logging)."""
+        principal, catalog = await self._catalog(ctx)
+        raw = self._params(ctx)
+        installations = [i for s, i in catalog.servers.items()
+                         if self._readable(principal, s) and s not in catalog.errors]
+        results = await asyncio.gather(*(self._forward(ctx, principal, i, "logging/setLevel", raw,
+                                                       self.settings.discovery_timeout_s) for i in installations),
+                                       return_exceptions=True)
+        for installation, result in zip(installations, results, strict=True):
+            if isinstance(result, BaseException):
+                log.info("logging/setLevel not accepted by %s: %s", installation.server, result)
+        return self._complete(ctx, {})
 
     async def complete(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
         principal, catalog = await self._catalog(ctx)

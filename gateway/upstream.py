@@ -365,8 +365,12 @@ class UpstreamSession:
                             with contextlib.suppress(json.JSONDecodeError):
                                 message = json.loads(data)
                                 if isinstance(message, dict) and self._on_standalone is not None:
+                                    relay = self._relays[-1] if self._relays else None
                                     if "id" in message and "method" in message:
-                                        relay = self._relays[-1] if self._relays else None
+                                        self._spawn(self._dispatch(message, relay))
+                                    elif message.get("method") in ("notifications/message",
+                                                                   "notifications/progress") and relay is not None:
+                                        # Not tied to a request by the server: the newest caller gets it.
                                         self._spawn(self._dispatch(message, relay))
                                     else:
                                         await self._on_standalone(self, message)
