@@ -20,6 +20,9 @@ def serve(
 
     from kontor.gateway.app import build_app
     from kontor.gateway.config import GatewaySettings, get_gateway_settings
+    from kontor.telemetry import configure_tracing
+
+    configure_tracing("kontor-gateway")
 
     os.environ.setdefault("KONTOR_GATEWAY_HOST", host)
     os.environ.setdefault("KONTOR_GATEWAY_PORT", str(port))

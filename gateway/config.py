@@ -51,8 +51,6 @@ class GatewaySettings(BaseSettings):
     audit: bool = True
     #: FULL: every audit commit is fsynced (survives power loss); NORMAL: survives a killed process only.
     audit_synchronous: Literal["FULL", "NORMAL"] = "FULL"
-    #: OpenTelemetry exporter: "" (off), "console", or "otlp" (OTLP/HTTP, endpoint from OTEL_* env).
-    otel_exporter: str = ""
 
     @field_validator("public_origin")
     @classmethod

@@ -28,6 +28,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from opentelemetry import propagate, trace
 
 from kontor.gateway.audit import AuditEvent, AuditLog, AuditWriteError
 from kontor.gateway.catalog import Catalog, CatalogBuilder, page
@@ -40,6 +41,7 @@ from kontor.gateway.tokens import TokenMinter
 from kontor.gateway.upstream import UpstreamError, UpstreamSession, UpstreamTimeout, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("kontor.gateway")
 
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
@@ -325,9 +327,19 @@ class Gateway:
         installation = catalog.servers[entry.server]
         upstream_params = {**raw, "name": entry.upstream_name}
         timeout = entry.timeout_s or self.settings.tool_call_timeout_s
+        attributes = {"kontor.tenant": principal.tenant, "kontor.tool": name, "kontor.server": entry.server}
+        server_span = trace.get_current_span()  # the SDK's span for this request (continues the client's trace)
+        server_span.set_attributes(attributes)
+        trace_id = server_span.get_span_context().trace_id
         status = "ok"
         try:
-            result = await self._forward(ctx, principal, installation, "tools/call", upstream_params, timeout)
+            with _tracer.start_as_current_span(f"upstream tools/call {entry.server}", kind=trace.SpanKind.CLIENT,
+                                               attributes=attributes):
+                if trace.get_current_span().get_span_context().is_valid:
+                    meta = dict(upstream_params.get("_meta") or {})
+                    propagate.inject(meta)  # traceparent: the upstream's span becomes our child
+                    upstream_params["_meta"] = meta
+                result = await self._forward(ctx, principal, installation, "tools/call", upstream_params, timeout)
             if result.get("isError"):
                 status = "error"
             return result
@@ -337,7 +349,8 @@ class Gateway:
         finally:
             await self._audit(AuditEvent.tool_call(
                 arguments=arguments if isinstance(arguments, dict) else None, decision="allowed", status=status,
-                latency_ms=(time.perf_counter() - started) * 1000, upstream=entry.server, **audit_base))
+                latency_ms=(time.perf_counter() - started) * 1000, upstream=entry.server,
+                trace_id=format(trace_id, "032x") if trace_id else None, **audit_base))
 
     async def list_prompts(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
         principal, catalog = await self._catalog(ctx)

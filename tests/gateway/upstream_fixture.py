@@ -147,6 +147,9 @@ def main() -> None:
     parser.add_argument("--describe", type=Path)
     parser.add_argument("--auth", nargs=3, metavar=("JWKS", "ISSUER", "AUDIENCE"))
     args = parser.parse_args()
+    from kontor.telemetry import configure_tracing
+
+    configure_tracing(f"fixture-{args.name}")
     server = build(args.name, args.describe, tuple(args.auth) if args.auth else None)
     from kontor.serving import add_health_route, transport_security
 
