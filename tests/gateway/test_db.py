@@ -557,6 +557,6 @@ def test_schema_compiles_for_postgresql() -> None:
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     ddl = "\n".join(str(CreateTable(t).compile(dialect=dialect)) for t in Base.metadata.sorted_tables)
     assert "JSONB" in ddl and "UUID" in ddl and "TIMESTAMP WITH TIME ZONE" in ddl and "BIGSERIAL" in ddl
-    assert {t.name for t in Base.metadata.sorted_tables} == {"tenants", "users", "installations", "tool_pins",
-                                                             "events"}
+    # the OAuth server's tables join the same metadata when kontor.gateway.oauth is imported
+    assert {"tenants", "users", "installations", "tool_pins", "events"} <= {t.name for t in Base.metadata.sorted_tables}
     assert "uq_tool_pins_tenant_id_server_tool" in ddl and "uq_installations_tenant_id_server" in ddl
