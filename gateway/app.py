@@ -334,9 +334,10 @@ def build_app(settings: GatewaySettings | None = None, *, db: GatewayDB | None =
         info = await rt.tenant_auth(tenant)
         if not info.exists:
             return _json_error(404, "unknown tenant")
-        oidc_issuer = (info.oidc or {}).get("issuer")
+        oidc = info.oidc or {}
         return JSONResponse(protected_resource_metadata(rt.settings, tenant, await rt.scopes_for(tenant),
-                                                        [oidc_issuer] if oidc_issuer else None))
+                                                        external_issuer=oidc.get("issuer"),
+                                                        keep_builtin=bool(oidc.get("keep_builtin", False))))
 
     endpoint = McpEndpoint(runtime, settings)
     routes: list[BaseRoute] = [

@@ -17,6 +17,9 @@ External issuers are configured per tenant in the tenant's settings::
               "tenant_claim": "tenant", "roles_claim": "roles", "scope_claim": "scope",
               "role_map": {"kontor-admin": "admin"}}}
 
+An external issuer replaces the built-in server for that tenant (its tokens are refused) unless
+the configuration says ``"keep_builtin": true``.
+
 Verified tokens are cached until they expire, so the hot path costs a dictionary lookup.
 Reasons for refusals are fixed phrases; a token never appears in a message or a log record.
 """
@@ -211,6 +214,8 @@ class UserTokenVerifier:
                 raise TokenRejected("token revoked")
             return cached
         principal = await self._verify_uncached(token, tenant, now)
+        if principal.jti and self._is_revoked is not None and await self._is_revoked(principal.jti):
+            raise TokenRejected("token revoked")
         self._cache[key] = principal
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -230,6 +235,8 @@ class UserTokenVerifier:
             iss = json.loads(unverified or b"{}").get("iss")
         except (JoseError, ValueError, TypeError, UnicodeError, AttributeError):
             raise TokenRejected("malformed token") from None
+        if iss == builtin_issuer and external_issuer and not oidc.get("keep_builtin", False):
+            raise TokenRejected("this tenant signs in through its own identity provider")
         if iss == builtin_issuer:
             claims = await decode_jwt(token, self._builtin_keys)
         elif iss and iss == external_issuer and iss in (info.allowed_issuers or (iss,)):
@@ -315,10 +322,12 @@ def www_authenticate(settings: GatewaySettings, tenant: str, *, scopes: list[str
     return "Bearer " + ", ".join(parts)
 
 
-def protected_resource_metadata(settings: GatewaySettings, tenant: str, scopes: list[str],
-                                extra_issuers: list[str] | None = None) -> dict[str, Any]:
+def protected_resource_metadata(settings: GatewaySettings, tenant: str, scopes: list[str], *,
+                                external_issuer: str | None = None, keep_builtin: bool = False) -> dict[str, Any]:
     """RFC 9728 metadata for ``/t/<tenant>/mcp``; built from configuration only."""
-    servers = [settings.issuer(tenant), *(extra_issuers or [])]
+    servers = [external_issuer] if external_issuer else []
+    if not external_issuer or keep_builtin:
+        servers.append(settings.issuer(tenant))
     return {
         "resource": settings.resource_uri(tenant),
         "authorization_servers": servers,
