@@ -292,17 +292,22 @@ class Gateway:
             on_set_logging_level=self.set_logging_level,
         )
 
-    async def list_tools(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
-        principal, catalog = await self._catalog(ctx)
-        visible = catalog.visible_tools(principal.scopes)
+    def _paged(self, ctx: ServerRequestContext[Any, Any], params: Any, items: list[tuple[str, dict[str, Any]]],
+               field: str) -> dict[str, Any]:
+        """One page of ``(name, definition)`` pairs (sorted by name) as the ``field`` of a list result."""
         try:
-            chunk, cursor = page(visible, lambda t: t.name, getattr(params, "cursor", None), self.settings.page_size)
+            chunk, cursor = page(items, lambda item: item[0], getattr(params, "cursor", None), self.settings.page_size)
         except ValueError:
-            raise MCPError(INVALID_PARAMS, "invalid cursor for tools/list") from None
-        result: dict[str, Any] = {"tools": [t.definition for t in chunk]}
+            raise MCPError(INVALID_PARAMS, f"invalid cursor for {ctx.method}") from None
+        result: dict[str, Any] = {field: [definition for _, definition in chunk]}
         if cursor:
             result["nextCursor"] = cursor
         return self._complete(ctx, result)
+
+    async def list_tools(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
+        principal, catalog = await self._catalog(ctx)
+        return self._paged(ctx, params, [(t.name, t.definition) for t in catalog.visible_tools(principal.scopes)],
+                           "tools")
 
     async def call_tool(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
         started = time.perf_counter()
@@ -354,15 +359,8 @@ class Gateway:
 
     async def list_prompts(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
         principal, catalog = await self._catalog(ctx)
-        visible = [p for p in catalog.prompts.values() if read_scope(p.server) in principal.scopes]
-        try:
-            chunk, cursor = page(visible, lambda p: p.name, getattr(params, "cursor", None), self.settings.page_size)
-        except ValueError:
-            raise MCPError(INVALID_PARAMS, "invalid cursor for prompts/list") from None
-        result: dict[str, Any] = {"prompts": [p.definition for p in chunk]}
-        if cursor:
-            result["nextCursor"] = cursor
-        return self._complete(ctx, result)
+        return self._paged(ctx, params, [(p.name, p.definition) for p in catalog.prompts.values()
+                                         if self._readable(principal, p.server)], "prompts")
 
     async def get_prompt(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
         principal, catalog = await self._catalog(ctx)
@@ -378,29 +376,14 @@ class Gateway:
 
     async def list_resources(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
         principal, catalog = await self._catalog(ctx)
-        visible = sorted((uri, d) for uri, (server, d) in catalog.resources.items()
-                         if self._readable(principal, server))
-        try:
-            chunk, cursor = page(visible, lambda r: r[0], getattr(params, "cursor", None), self.settings.page_size)
-        except ValueError:
-            raise MCPError(INVALID_PARAMS, "invalid cursor for resources/list") from None
-        result: dict[str, Any] = {"resources": [d for _, d in chunk]}
-        if cursor:
-            result["nextCursor"] = cursor
-        return self._complete(ctx, result)
+        return self._paged(ctx, params, sorted((uri, d) for uri, (server, d) in catalog.resources.items()
+                                               if self._readable(principal, server)), "resources")
 
     async def list_resource_templates(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
         principal, catalog = await self._catalog(ctx)
-        visible = sorted(((d["uriTemplate"], d) for server, _, d in catalog.templates
-                          if self._readable(principal, server)), key=lambda x: x[0])
-        try:
-            chunk, cursor = page(visible, lambda r: r[0], getattr(params, "cursor", None), self.settings.page_size)
-        except ValueError:
-            raise MCPError(INVALID_PARAMS, "invalid cursor for resources/templates/list") from None
-        result: dict[str, Any] = {"resourceTemplates": [d for _, d in chunk]}
-        if cursor:
-            result["nextCursor"] = cursor
-        return self._complete(ctx, result)
+        return self._paged(ctx, params, sorted(((d["uriTemplate"], d) for server, _, d in catalog.templates
+                                                if self._readable(principal, server)), key=lambda x: x[0]),
+                           "resourceTemplates")
 
     async def _resource_route(self, ctx: ServerRequestContext[Any, Any]) -> tuple[Principal, Installation,
                                                                                    dict[str, Any]]:
