@@ -1,14 +1,16 @@
-"""CLI for the gateway database: tenants, users and roles, tool approvals.
+"""CLI for the gateway: tenants, users and roles, server installations, tool approvals, audit.
 
-``app`` holds three groups (``tenant``, ``user``, ``tools``); they can be mounted one by one
-(``tenant_app``, ``user_app``, ``tools_app``) or together. Every command takes ``--db URL``;
-without it the database is ``<data root>/gateway/gateway.db`` (SQLite). Errors go to stderr
-with exit code 1; secrets are never printed.
+``app`` holds five groups (``tenant``, ``user``, ``server``, ``tools``, ``audit``); they can be
+mounted one by one (``tenant_app``, ``user_app``, ``server_app``, ``tools_app``, ``audit_app``) or
+together. Every database command takes ``--db URL``; without it the database is
+``<data root>/gateway/gateway.db`` (SQLite). ``audit verify`` reads ``<data root>/gateway/audit/audit.db``
+unless given ``--path``. Errors go to stderr with exit code 1; secrets are never printed.
 """
 
 from __future__ import annotations
 
 import getpass
+import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -19,23 +21,30 @@ import typer
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from kontor.gateway.db import GatewayDB, GatewayDBError, Role, ToolPin
+from kontor.gateway.audit import AuditIntegrityError, AuditLog, VerifyResult
+from kontor.gateway.db import GatewayDB, GatewayDBError, Installation, Role, ToolPin
 from kontor.gateway.naming import NamingError
+from kontor.gateway.scopes import read_scope, write_scope
 from kontor.settings import get_settings
 from kontor.tenancy import InvalidTenant
 
-__all__ = ["app", "default_db_url", "tenant_app", "tools_app", "user_app"]
+__all__ = ["app", "audit_app", "default_audit_path", "default_db_url", "server_app", "tenant_app", "tools_app",
+           "user_app"]
 
 T = TypeVar("T")
 
-app = typer.Typer(help="Gateway database: tenants, users, tool approvals.", no_args_is_help=True,
+app = typer.Typer(help="Gateway: tenants, users, servers, tool approvals, audit.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 tenant_app = typer.Typer(help="Create and list tenants.", no_args_is_help=True)
 user_app = typer.Typer(help="Manage a tenant's users and roles.", no_args_is_help=True)
+server_app = typer.Typer(help="Enable, disable and list a tenant's MCP servers.", no_args_is_help=True)
 tools_app = typer.Typer(help="Pinned tool definitions: list and approve.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit log of tool calls.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(user_app, name="user")
+app.add_typer(server_app, name="server")
 app.add_typer(tools_app, name="tools")
+app.add_typer(audit_app, name="audit")
 
 # How commands open the database; tests swap in a cheap argon2 profile here.
 db_factory: Callable[[str], GatewayDB] = GatewayDB
@@ -198,3 +207,125 @@ def tools_approve(
 
     pin = _run(db, approve)
     typer.echo(f"approved {pin.server}/{pin.tool} (hash {pin.definition_hash}) for tenant {pin.tenant_id}")
+
+
+# servers
+
+
+def _installation_row(inst: Installation) -> tuple[str, ...]:
+    return (inst.server, inst.state.value, inst.upstream_url, " ".join(inst.granted_scopes) or "-",
+            inst.version or "-", json.dumps(inst.config, sort_keys=True) if inst.config else "-")
+
+
+def _parse_config(config: str | None) -> dict | None:
+    if config is None:
+        return None
+    try:
+        value = json.loads(config)
+    except ValueError as exc:
+        raise _fail(f"--config is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise _fail("--config must be a JSON object, e.g. '{\"write_roles\": [\"admin\"]}'")
+    return value
+
+
+@server_app.command("enable")
+def server_enable(
+    tenant: Annotated[str, typer.Argument(help="tenant id")],
+    name: Annotated[str, typer.Argument(help="server name (the prefix of its tools, e.g. lakehouse)")],
+    url: Annotated[str, typer.Argument(help="the server's Streamable HTTP URL, e.g. http://127.0.0.1:8711/mcp")],
+    scope: Annotated[list[str] | None, typer.Option(
+        "--scope", help="scope granted for this installation (repeatable; default NAME:read and NAME:write)")] = None,
+    config: Annotated[str | None, typer.Option(
+        "--config", help='installation config as a JSON object, e.g. \'{"write_roles": ["admin"]}\'')] = None,
+    version: Annotated[str | None, typer.Option("--version", help="installed version (informational)")] = None,
+    db: DbOpt = None,
+) -> None:
+    """Enable a server for a tenant (or update its URL, scopes and config). Tools are pinned at first discovery."""
+    scopes = scope or [read_scope(name), write_scope(name)]
+    parsed = _parse_config(config)
+    inst = _run(db, lambda g: g.enable_server(tenant, name, url, scopes, config=parsed, version=version,
+                                              actor=_actor()))
+    typer.echo(f"enabled {inst.server} for tenant {inst.tenant_id} at {inst.upstream_url} "
+               f"(scopes: {' '.join(inst.granted_scopes) or 'none'})")
+
+
+@server_app.command("disable")
+def server_disable(
+    tenant: Annotated[str, typer.Argument(help="tenant id")],
+    name: Annotated[str, typer.Argument(help="server name")],
+    db: DbOpt = None,
+) -> None:
+    """Disable a tenant's server: its tools disappear from the tenant's endpoint."""
+    inst = _run(db, lambda g: g.disable_server(tenant, name, actor=_actor()))
+    typer.echo(f"disabled {inst.server} for tenant {inst.tenant_id}")
+
+
+@server_app.command("list")
+def server_list(
+    tenant: Annotated[str, typer.Argument(help="tenant id")],
+    db: DbOpt = None,
+) -> None:
+    """List the servers enabled for a tenant."""
+    installs = _run(db, lambda g: g.list_enabled(tenant))
+    if not installs:
+        typer.echo(f"no servers enabled for tenant {tenant}")
+        return
+    _table(("SERVER", "STATE", "URL", "SCOPES", "VERSION", "CONFIG"), [_installation_row(i) for i in installs])
+
+
+# audit
+
+AUDIT_DIR = "audit"
+AUDIT_DB = "audit.db"
+
+
+def default_audit_path() -> Path:
+    """``<data root>/gateway/audit/audit.db``: where the gateway keeps its audit log."""
+    return Path(get_settings().data_root) / "gateway" / AUDIT_DIR / AUDIT_DB
+
+
+class _ReadOnlyAudit(AuditLog):
+    """An :class:`AuditLog` that never moves the head anchor: verifying must not write (the gateway may be
+    running and owns the anchor)."""
+
+    async def _write_anchor_if_moved(self) -> None:
+        return None
+
+
+@audit_app.command("verify")
+def audit_verify(
+    path: Annotated[Path | None, typer.Option(
+        "--path", help="audit database file or its folder (default: <data root>/gateway/audit/audit.db)")] = None,
+) -> None:
+    """Check the audit log's hash chain and head anchor; exit code 1 when it is broken."""
+    file = path or default_audit_path()
+    if file.is_dir():
+        file = file / AUDIT_DB
+    audit = _ReadOnlyAudit(file)
+    if not file.exists():
+        if audit.anchor_path is not None and audit.anchor_path.exists():
+            raise _fail(f"audit log {file} is missing but its anchor {audit.anchor_path} exists: "
+                        "the log was deleted")
+        typer.echo(f"no audit log at {file} (nothing recorded yet)")
+        return
+
+    async def main() -> VerifyResult:
+        await audit.init(check_anchor=False)  # verify() reports anchor problems with the details
+        try:
+            return await audit.verify()
+        finally:
+            await audit.close()
+
+    try:
+        result = anyio.run(main)
+    except AuditIntegrityError as exc:
+        raise _fail(f"audit log {file} is BROKEN: {exc}") from None
+    except (SQLAlchemyError, OSError) as exc:
+        raise _fail(f"audit log {file}: {type(exc).__name__}: {exc}") from None
+    if not result.ok:
+        raise _fail(f"audit log {file} is BROKEN at record {result.first_bad_seq}: {result.reason} "
+                    f"({result.checked} records verified before it)")
+    anchor = (f"head anchor at seq {result.anchor_seq} matches" if result.anchor_seq is not None
+              else "no head anchor, so a cut-off tail cannot be detected")
+    typer.echo(f"audit log {file} is intact: {result.checked} records, chain ok, {anchor}")

@@ -23,7 +23,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 import httpx
 from joserfc import jws
@@ -33,7 +34,10 @@ from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 
-from kontor.tenancy import InvalidTenant, NoTenant, validate_tenant
+from kontor.tenancy import InvalidTenant, NoTenant, current_tenant, validate_tenant
+
+if TYPE_CHECKING:
+    from kontor.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -452,3 +456,67 @@ def verified_token_from_request() -> VerifiedToken:
 def tenant_from_request() -> str:
     """The tenant of the current MCP request, taken only from its verified token."""
     return verified_token_from_request().tenant
+
+
+# -- first-party servers: standalone or behind the gateway ------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerAuth:
+    """How a first-party server authenticates HTTP requests and where its tools find the tenant.
+
+    Standalone (no ``KONTOR_AUTH_JWKS_URL``): no token verification, and :meth:`tenant` is the
+    configured tenant context (:func:`kontor.tenancy.current_tenant`). Behind the gateway: every
+    HTTP request needs a valid internal token, and :meth:`tenant` is read only from that token
+    (:func:`tenant_from_request`); the configured tenant is never consulted.
+    """
+
+    token_verifier: McpTokenVerifier | None = None
+    auth: AuthSettings | None = None
+
+    @property
+    def behind_gateway(self) -> bool:
+        return self.token_verifier is not None
+
+    def mcp_kwargs(self) -> dict[str, Any]:
+        """``token_verifier`` and ``auth`` for ``MCPServer(...)``; empty when standalone."""
+        if self.token_verifier is None:
+            return {}
+        return {"token_verifier": self.token_verifier, "auth": self.auth}
+
+    def tenant(self) -> str:
+        """The tenant of the current request (raises :class:`~kontor.tenancy.NoTenant` when there is none)."""
+        return tenant_from_request() if self.behind_gateway else current_tenant()
+
+
+class AuthConfigError(ValueError):
+    """The ``KONTOR_AUTH_*`` settings are incomplete or malformed."""
+
+
+def _http_url(value: str, what: str) -> str:
+    value = value.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.username or parts.password:
+        raise AuthConfigError(f"{what} must be an http(s) URL with a host, got {value!r}")
+    return value
+
+
+def server_auth(settings: Settings, jwks: JwksSource | None = None) -> ServerAuth:
+    """The :class:`ServerAuth` for ``settings`` (``KONTOR_AUTH_*``); ``jwks`` replaces the HTTP JWKS (tests).
+
+    Raises :class:`AuthConfigError` with a clear message when the auth settings are incomplete.
+    """
+    if not settings.behind_gateway:
+        return ServerAuth()
+    url = _http_url(settings.auth_jwks_url, "KONTOR_AUTH_JWKS_URL")
+    if not settings.auth_issuer.strip():
+        raise AuthConfigError("KONTOR_AUTH_ISSUER (the gateway's internal issuer) must be set "
+                              "with KONTOR_AUTH_JWKS_URL")
+    if not settings.auth_audience.strip():
+        raise AuthConfigError("KONTOR_AUTH_AUDIENCE (this server's URL, e.g. http://127.0.0.1:8711/mcp) must be set "
+                         "with KONTOR_AUTH_JWKS_URL")
+    audience = _http_url(settings.auth_audience, "KONTOR_AUTH_AUDIENCE")
+    verifier = InternalTokenVerifier(jwks if jwks is not None else HttpJwks(url), settings.auth_issuer.strip(),
+                                     audience)
+    token_verifier, auth = mcp_auth(verifier)
+    return ServerAuth(token_verifier, auth)

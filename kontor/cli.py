@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -157,106 +154,140 @@ def serve(
     http: Annotated[str | None, typer.Option("--http", help="serve Streamable HTTP on HOST:PORT")] = None,
     tenant: TenantOpt = None,
 ) -> None:
-    """Run one first-party MCP server over stdio (default) or Streamable HTTP."""
+    """Run one first-party MCP server over stdio (default) or Streamable HTTP.
+
+    Standalone it serves KONTOR_TENANT (or --tenant) and, over HTTP, binds loopback only. With
+    KONTOR_AUTH_JWKS_URL set it runs behind the gateway: HTTP only, every request needs the
+    gateway's internal token, and the tenant comes only from that token.
+    """
+    from kontor.auth import AuthConfigError
+    from kontor.serving import UnsafeBind, is_loopback, parse_host_port
     from kontor.serving import serve as run_server
 
     settings, limits = get_settings(), get_limits()
     configure_logging(settings.log_level)
-    set_default_tenant(_tenant(settings, tenant))
-    if server == ServerName.ingest:
-        from kontor.servers.ingest.server import build_server as build_ingest
-
-        mcp_server = build_ingest(settings, limits)
+    if http is not None and not settings.behind_gateway and not is_loopback(parse_host_port(http)[0]):
+        raise typer.BadParameter(
+            f"refusing to serve on {http}: without token verification a server only listens on loopback "
+            "(127.0.0.1, ::1, localhost); run it behind the gateway (KONTOR_AUTH_JWKS_URL, KONTOR_AUTH_ISSUER, "
+            "KONTOR_AUTH_AUDIENCE) to bind elsewhere", param_hint="--http")
+    if settings.behind_gateway:
+        if http is None:
+            raise typer.BadParameter("KONTOR_AUTH_JWKS_URL is set (behind the gateway): the gateway's tokens travel "
+                                     "over HTTP only, so serve with --http HOST:PORT", param_hint="--http")
+        if tenant is not None:
+            raise typer.BadParameter("behind the gateway the tenant comes from each request's token; "
+                                     "drop --tenant", param_hint="--tenant")
+        if not settings.auth_audience:  # default audience: this server's own URL
+            host, port = parse_host_port(http)
+            host = f"[{host}]" if ":" in host else host
+            settings = settings.model_copy(update={"auth_audience": f"http://{host}:{port}/mcp"})
     else:
-        from kontor.servers.lakehouse.server import build_server as build_lakehouse
+        set_default_tenant(_tenant(settings, tenant))
+    try:
+        if server == ServerName.ingest:
+            from kontor.servers.ingest.server import build_server as build_ingest
 
-        mcp_server = build_lakehouse(settings)
-    run_server(mcp_server, http)
+            mcp_server = build_ingest(settings, limits)
+        else:
+            from kontor.servers.lakehouse.server import build_server as build_lakehouse
+
+            mcp_server = build_lakehouse(settings)
+        run_server(mcp_server, http)
+    except UnsafeBind as exc:
+        raise typer.BadParameter(str(exc), param_hint="--http") from None
+    except AuthConfigError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _gateway_endpoint(tenant: str, host: str | None = None, port: int | None = None) -> str:
+    from kontor.gateway.config import GatewaySettings
+
+    overrides: dict[str, object] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    return GatewaySettings(**overrides).resource_uri(tenant)
+
+
+def claude_desktop_config(tenant: str, endpoint: str, data_root: Path, *, stdio: bool = True) -> dict:
+    """``claude_desktop_config.json``: the gateway through mcp-remote, and each server over stdio."""
+    servers: dict[str, dict] = {"kontor": {"command": "npx", "args": ["-y", "mcp-remote", endpoint]}}
+    if stdio:
+        exe = str(Path(sys.executable).parent / "kontor")
+        env = {"KONTOR_TENANT": tenant, "KONTOR_DATA_ROOT": str(data_root)}
+        for name in FIRST_PARTY:
+            servers[f"kontor-{name}"] = {"command": exe, "args": ["serve", name], "env": env}
+    return {"mcpServers": servers}
 
 
 @app.command()
 def up(
-    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
-    tenant: TenantOpt = None,
+    host: Annotated[str, typer.Option(help="address the gateway binds")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port of the gateway", min=1, max=65535)] = 8700,
+    reset_dev_login: Annotated[bool, typer.Option(
+        "--reset-dev-login", help="give the dev admin a new random password")] = False,
 ) -> None:
-    """Start every first-party server over Streamable HTTP and print how to connect."""
+    """Run the whole mesh: the gateway and every first-party server, supervised; prints how to connect."""
+    import importlib.util
+
+    from kontor.gateway.bootstrap import DEMO_TENANT, run_bootstrap
+    from kontor.gateway.config import GatewaySettings
+    from kontor.gateway.supervisor import Supervisor, mesh_specs
+
     settings = get_settings()
-    tenant_id = _tenant(settings, tenant)
-    procs: dict[str, subprocess.Popen] = {}
-    env = {**os.environ, "KONTOR_TENANT": tenant_id}
-
-    def start(name: str) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-m", "kontor.cli", "serve", name, "--http", f"{host}:{DEFAULT_PORTS[name]}"],
-            env=env,
-        )
-
-    for name in FIRST_PARTY:
-        procs[name] = start(name)
-    _wait_healthy(host, procs)
-    out.print(f"[bold green]Kontor is up[/] for tenant [bold]{tenant_id}[/] (data in {settings.data_root})")
-    for name in FIRST_PARTY:
-        out.print(f"  {name:10s} http://{host}:{DEFAULT_PORTS[name]}/mcp")
-    out.print("Connect any MCP client to those URLs (Streamable HTTP), or use stdio in Claude Desktop: "
-              "see `kontor client-config`. Ctrl-C stops everything.")
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    backoff = {name: 1.0 for name in FIRST_PARTY}
+    configure_logging(settings.log_level)
+    if importlib.util.find_spec("kontor.gateway.__main__") is None:
+        console.print("[red]error:[/] the gateway (python -m kontor.gateway) is not installed")
+        raise typer.Exit(1)
+    env = {**os.environ, "KONTOR_DATA_ROOT": str(settings.data_root),
+           "KONTOR_GATEWAY_HOST": host, "KONTOR_GATEWAY_PORT": str(port)}
+    gateway = GatewaySettings(host=host, port=port)
+    result = run_bootstrap(gateway, reset_dev_password=reset_dev_login)
+    supervisor = Supervisor(mesh_specs(host=host, port=port, servers={n: DEFAULT_PORTS[n] for n in FIRST_PARTY},
+                                       issuer=gateway.internal_issuer, env=env))
+    supervisor.install_signal_handlers()
     try:
-        while not stopping:
-            time.sleep(0.5)
-            for name, proc in list(procs.items()):
-                if proc.poll() is not None and not stopping:
-                    console.print(f"[yellow]{name} exited with {proc.returncode}; restarting in {backoff[name]:.0f} s")
-                    time.sleep(backoff[name])
-                    backoff[name] = min(backoff[name] * 2, 30.0)
-                    procs[name] = start(name)
-    except KeyboardInterrupt:
-        pass
+        supervisor.start()
+        health = supervisor.wait_healthy()
+        if supervisor.stopping:
+            return
+        for name, ok in health.items():
+            if not ok:
+                console.print(f"[yellow]warning:[/] {name} is not healthy yet; the supervisor keeps trying")
+        endpoint = gateway.resource_uri(DEMO_TENANT)
+        out.print(f"[bold green]Kontor is up[/] (data in {settings.data_root})")
+        out.print(f"  MCP endpoint   {endpoint}", highlight=False)
+        login = result.login
+        if login is not None and login.password:
+            out.print(f"  dev login      tenant {login.tenant}, {login.email} / {login.password}", highlight=False)
+            out.print(f"                 (stored in {login.file})", highlight=False)
+        elif login is not None:
+            out.print(f"  dev login      {login.email}: password unknown ({login.file} is missing); "
+                      "run `kontor up --reset-dev-login`", highlight=False)
+        for name in FIRST_PARTY:
+            out.print(f"  {name:14s} http://127.0.0.1:{DEFAULT_PORTS[name]}/mcp (gateway tokens only)",
+                      highlight=False)
+        out.print("Claude Desktop (claude_desktop_config.json):")
+        out.print_json(json.dumps(claude_desktop_config(DEMO_TENANT, endpoint, settings.data_root, stdio=False)))
+        out.print("Ctrl-C stops everything.")
+        supervisor.run()
     finally:
-        for proc in procs.values():
-            proc.terminate()
-        for proc in procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def _wait_healthy(host: str, procs: dict[str, subprocess.Popen], timeout: float = 180.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    pending = set(procs)
-    while pending and time.monotonic() < deadline:
-        for name in list(pending):
-            if procs[name].poll() is not None:
-                console.print(f"[red]{name} failed to start (exit {procs[name].returncode})")
-                pending.discard(name)
-                continue
-            try:
-                if httpx.get(f"http://{host}:{DEFAULT_PORTS[name]}/health", timeout=1.0).status_code == 200:
-                    pending.discard(name)
-            except httpx.HTTPError:
-                pass
-        time.sleep(0.3)
+        supervisor.stop()
 
 
 @app.command("client-config")
-def client_config(tenant: TenantOpt = None) -> None:
-    """Print a Claude Desktop ``claude_desktop_config.json`` running each server over stdio."""
+def client_config(
+    tenant: TenantOpt = None,
+    host: Annotated[str | None, typer.Option(help="gateway host (default: KONTOR_GATEWAY_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="gateway port (default: KONTOR_GATEWAY_PORT)")] = None,
+) -> None:
+    """Print a Claude Desktop ``claude_desktop_config.json``: the gateway (mcp-remote) and each server over stdio."""
     settings = get_settings()
     tenant_id = _tenant(settings, tenant)
-    exe = str(Path(sys.executable).parent / "kontor")
-    env = {"KONTOR_TENANT": tenant_id, "KONTOR_DATA_ROOT": str(settings.data_root)}
-    config = {"mcpServers": {
-        f"kontor-{name}": {"command": exe, "args": ["serve", name], "env": env} for name in FIRST_PARTY
-    }}
+    config = claude_desktop_config(tenant_id, _gateway_endpoint(tenant_id, host, port), settings.data_root)
     out.print_json(json.dumps(config))
 
 
@@ -265,7 +296,12 @@ def _mount_gateway_commands() -> None:
 
     app.add_typer(gateway_cli.tenant_app, name="tenant", help="tenants of the gateway")
     app.add_typer(gateway_cli.user_app, name="user", help="users of a tenant")
+    app.add_typer(gateway_cli.server_app, name="server", help="MCP servers enabled for a tenant")
     app.add_typer(gateway_cli.tools_app, name="tools", help="pinned tool definitions")
+    app.add_typer(gateway_cli.audit_app, name="audit", help="the audit log of tool calls")
+    from kontor.gateway.oauth.cli import token_command
+
+    app.command("token", help="a dev access token from the built-in authorization server")(token_command)
 
 
 _mount_gateway_commands()

@@ -34,14 +34,14 @@ def parse_host_port(value: str, default_port: int = 8710) -> tuple[str, int]:
 
 def transport_security(host: str, port: int) -> TransportSecuritySettings:
     """DNS-rebinding protection: only this server's own host names are accepted."""
-    names = {host, "127.0.0.1", "localhost", "[::1]"} if _is_loopback(host) else {host}
+    names = {host, "127.0.0.1", "localhost", "[::1]"} if is_loopback(host) else {host}
     hosts = [f"{h}:{port}" for h in names] + list(names)
     origins = [f"http://{h}:{port}" for h in names] + [f"https://{h}:{port}" for h in names]
     return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
                                      allowed_origins=origins)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -59,11 +59,27 @@ def add_health_route(server: MCPServer, details: Any = None) -> None:
         return JSONResponse(body)
 
 
+class UnsafeBind(ValueError):
+    """Refused: Streamable HTTP without token verification on an address other machines can reach."""
+
+
+def check_bind(server: MCPServer, host: str) -> None:
+    """A server without token verification (standalone) may only listen on loopback."""
+    if server.settings.auth is None and not is_loopback(host):
+        raise UnsafeBind(f"refusing to serve {server.name!r} on {host}: without token verification a server "
+                         "only listens on loopback (127.0.0.1, ::1, localhost); run it behind the gateway "
+                         "(KONTOR_AUTH_JWKS_URL, KONTOR_AUTH_ISSUER, KONTOR_AUTH_AUDIENCE) to bind elsewhere")
+
+
 def serve(server: MCPServer, http: str | None = None) -> None:
-    """Serve over stdio (``http`` is None) or Streamable HTTP on ``HOST:PORT``."""
+    """Serve over stdio (``http`` is None) or Streamable HTTP on ``HOST:PORT``.
+
+    Over HTTP a server without token verification binds loopback only (:func:`check_bind`).
+    """
     if http is None:
         server.run("stdio")
         return
     host, port = parse_host_port(http)
+    check_bind(server, host)
     add_health_route(server)
     server.run("streamable-http", host=host, port=port, transport_security=transport_security(host, port))

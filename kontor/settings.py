@@ -41,8 +41,17 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KONTOR_", extra="ignore")
 
     data_root: Path = Field(default_factory=_default_data_root)
-    # Interim tenant for the data-plane servers until the gateway sets it from a verified token.
+    # Tenant of a server run standalone (stdio, or loopback HTTP without auth). Behind the gateway
+    # (auth_jwks_url set) it is ignored: the tenant comes only from each request's verified token.
     tenant: str = "demo"
+
+    # Behind the gateway: verify the gateway's internal tokens. auth_jwks_url is the gateway's JWKS
+    # (e.g. http://127.0.0.1:8700/.well-known/jwks.json), auth_issuer the internal issuer
+    # (http://127.0.0.1:8700/internal), auth_audience this server's canonical URL
+    # (http://127.0.0.1:8711/mcp). Empty auth_jwks_url: standalone.
+    auth_jwks_url: str = ""
+    auth_issuer: str = ""
+    auth_audience: str = ""
 
     # Object store for raw uploads.
     object_store: Literal["local", "s3"] = "local"
@@ -76,6 +85,11 @@ class Settings(BaseSettings):
     max_query_chars: int = 2000
 
     log_level: str = "INFO"
+
+    @property
+    def behind_gateway(self) -> bool:
+        """True when this server verifies the gateway's tokens (``KONTOR_AUTH_JWKS_URL`` is set)."""
+        return bool(self.auth_jwks_url.strip())
 
     @field_validator("data_root")
     @classmethod

@@ -1,8 +1,9 @@
 """Tenant ids and the request-scoped tenant context.
 
-The tenant of a request is never a tool argument. Today the data-plane servers set it from
-their configuration; the gateway issue sets it from a verified token. Everything that
-touches tenant data reads :func:`current_tenant`.
+The tenant of a request is never a tool argument. A first-party server reads it through
+:class:`kontor.auth.ServerAuth`: behind the gateway only from the request's verified internal
+token (:func:`kontor.auth.tenant_from_request`), standalone (stdio, loopback HTTP) from the
+context here — :func:`set_default_tenant` from ``KONTOR_TENANT``, or :func:`tenant_context`.
 """
 
 from __future__ import annotations

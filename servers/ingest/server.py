@@ -2,7 +2,8 @@
 
 Tools start ingestion jobs that are recorded in the tenant's job database, report MCP
 progress while they run and resume after a restart. The tenant is taken from the
-request's tenant context, never from an argument.
+request (:class:`kontor.auth.ServerAuth`: behind the gateway only from its verified token),
+never from an argument.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
+from kontor.auth import JwksSource, server_auth
 from kontor.servers.ingest.jobs import ItemSpec, JobNotFound, JobReport
 from kontor.servers.ingest.objectstore import InvalidKey
 from kontor.servers.ingest.parsepool import ParserPool
 from kontor.servers.ingest.pipeline import IngestService, PathNotAllowed, check_import_roots, expand_paths
 from kontor.settings import Limits, Settings
-from kontor.tenancy import current_tenant, validate_tenant
+from kontor.tenancy import validate_tenant
 
 log = logging.getLogger(__name__)
 MAX_PATHS_PER_CALL = 1000
@@ -147,7 +149,9 @@ class IngestRuntime:
             self.pool.close()
 
 
-def build_server(settings: Settings, limits: Limits) -> MCPServer:
+def build_server(settings: Settings, limits: Limits, *, jwks: JwksSource | None = None) -> MCPServer:
+    """The ``ingest`` MCP server; behind the gateway when ``KONTOR_AUTH_JWKS_URL`` is set (``jwks``: tests)."""
+    auth = server_auth(settings, jwks)
     runtime = IngestRuntime(settings, limits)
 
     @asynccontextmanager
@@ -171,6 +175,7 @@ def build_server(settings: Settings, limits: Limits) -> MCPServer:
             "keys, ingest_upload for small files sent as base64; then search them with the lakehouse server."
         ),
         lifespan=lifespan,
+        **auth.mcp_kwargs(),
     )
 
     async def _await_job(ctx: Context, tenant: str, job_id: str, wait: bool) -> JobResult:
@@ -200,7 +205,7 @@ def build_server(settings: Settings, limits: Limits) -> MCPServer:
     )
     async def ingest_files(ctx: Context, paths: list[str] | None = None, keys: list[str] | None = None,
                            wait: bool = True) -> JobResult:
-        tenant = current_tenant()
+        tenant = auth.tenant()
         paths, keys = paths or [], keys or []
         if not paths and not keys:
             raise ToolError("give at least one entry in 'paths' or 'keys'")
@@ -230,7 +235,7 @@ def build_server(settings: Settings, limits: Limits) -> MCPServer:
         ),
     )
     async def ingest_upload(ctx: Context, name: str, content_base64: str, wait: bool = True) -> JobResult:
-        tenant = current_tenant()
+        tenant = auth.tenant()
         if not name or len(name) > 255:
             raise ToolError("'name' must be a file name of 1 to 255 characters")
         max_b64 = (limits.max_upload_bytes + 2) // 3 * 4 + 4
@@ -255,7 +260,7 @@ def build_server(settings: Settings, limits: Limits) -> MCPServer:
         description="State, counts and per-file failures of an ingestion job of this tenant.",
     )
     async def job_status(job_id: str) -> JobResult:
-        service = runtime.service(current_tenant())
+        service = runtime.service(auth.tenant())
         try:
             return job_result(await service.jobs.report(_job_id(job_id)))
         except JobNotFound as exc:
@@ -271,7 +276,7 @@ def build_server(settings: Settings, limits: Limits) -> MCPServer:
         ),
     )
     async def cancel_job(job_id: str) -> JobResult:
-        service = runtime.service(current_tenant())
+        service = runtime.service(auth.tenant())
         try:
             await service.jobs.request_cancel(_job_id(job_id))
         except JobNotFound as exc:

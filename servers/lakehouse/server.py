@@ -1,8 +1,8 @@
 """MCP server ``lakehouse``: hybrid search, documents, read-only SQL and statistics.
 
-The tenant comes from :func:`kontor.tenancy.current_tenant` (set from configuration today and
-from a verified token by the gateway), never from a tool argument. Every tool is read-only;
-blocking work (LanceDB, Delta, DuckDB, the embedding model) runs in worker threads so the
+The tenant comes from :class:`kontor.auth.ServerAuth`: behind the gateway only from the request's
+verified internal token, standalone from the configured tenant context; never from a tool argument.
+Every tool is read-only; blocking work (LanceDB, Delta, DuckDB, the embedding model) runs in worker threads so the
 event loop stays responsive.
 """
 
@@ -11,6 +11,7 @@ event loop stays responsive.
 
 import re
 import threading
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import anyio.to_thread
@@ -19,6 +20,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
+from kontor.auth import JwksSource, server_auth
 from kontor.paths import TenantPaths
 from kontor.servers.lakehouse.embeddings import Embedder, EmbeddingModelError, get_embedder
 from kontor.servers.lakehouse.records import SearchHit
@@ -31,7 +33,7 @@ from kontor.servers.lakehouse.store import (
     SqlError,
 )
 from kontor.settings import Settings
-from kontor.tenancy import InvalidTenant, NoTenant, current_tenant
+from kontor.tenancy import InvalidTenant, NoTenant
 
 MAX_LIST_LIMIT = 200
 DEFAULT_TEXT_CHARS = 20_000
@@ -196,11 +198,16 @@ class LakehouseService:
             self._stores.clear()
 
 
-def _tenant() -> str:
-    try:
-        return current_tenant()
-    except NoTenant:
-        raise ToolError("no tenant is set for this request; the server must run for a tenant") from None
+def _tenant_of(source: Callable[[], str]) -> Callable[[], str]:
+    """``source()`` (the request's tenant) with a missing tenant turned into a tool error."""
+
+    def tenant() -> str:
+        try:
+            return source()
+        except NoTenant:
+            raise ToolError("no tenant is set for this request; the server must run for a tenant") from None
+
+    return tenant
 
 
 async def _run(fn: Any, *args: Any) -> Any:
@@ -220,9 +227,15 @@ def _columns(schema: Any) -> str:
     return ", ".join(f.name for f in schema)
 
 
-def build_server(settings: Settings) -> MCPServer:
-    """The ``lakehouse`` MCP server for ``settings`` (transport and startup are the caller's)."""
+def build_server(settings: Settings, *, jwks: JwksSource | None = None) -> MCPServer:
+    """The ``lakehouse`` MCP server for ``settings`` (transport and startup are the caller's).
+
+    With ``KONTOR_AUTH_JWKS_URL`` set it runs behind the gateway (see :func:`kontor.auth.server_auth`;
+    ``jwks`` replaces the HTTP JWKS source, for tests).
+    """
     service = LakehouseService(settings)
+    auth = server_auth(settings, jwks)
+    _tenant = _tenant_of(auth.tenant)
     server = MCPServer(
         name="lakehouse",
         title="Kontor lakehouse",
@@ -233,6 +246,7 @@ def build_server(settings: Settings) -> MCPServer:
             "`get_document` for the full text, `list_documents` to browse, `query_table` for SQL "
             "aggregates over documents/products/interactions, and `stats` for what is stored."
         ),
+        **auth.mcp_kwargs(),
     )
     max_k = settings.max_search_k
     max_chars = settings.max_query_chars
@@ -374,7 +388,7 @@ def build_server(settings: Settings) -> MCPServer:
         if not _DOCUMENT_ID.match(document_id):
             raise ResourceNotFoundError(f"document_id {document_id!r} is not a valid document id")
         try:
-            tenant = current_tenant()
+            tenant = auth.tenant()
         except NoTenant:
             raise ResourceError("no tenant is set for this request") from None
         try:

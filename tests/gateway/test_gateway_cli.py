@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +14,9 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from kontor.gateway import cli as cli_module
-from kontor.gateway.cli import app, default_db_url
-from kontor.gateway.db import GatewayDB, UserRow
+from kontor.gateway.audit import AuditEvent, AuditLog
+from kontor.gateway.cli import app, default_audit_path, default_db_url
+from kontor.gateway.db import GatewayDB, InstallationState, UserRow
 from kontor.gateway.pinning import definition_hash
 
 PASSWORD = "correct horse battery staple"
@@ -172,7 +175,7 @@ def test_database_errors_are_clear_and_hide_the_password(data_root: Path, fast: 
     assert isinstance(pg.exception, SystemExit) and "***" in pg.stderr
 
 
-@pytest.mark.parametrize("group", ["tenant", "user", "tools"])
+@pytest.mark.parametrize("group", ["tenant", "user", "server", "tools", "audit"])
 def test_groups_show_help(data_root: Path, fast: None, group: str) -> None:
     result = cli(group, "--help")
     assert result.exit_code == 0 and "Commands" in result.output
@@ -188,3 +191,130 @@ def test_cli_hashes_with_the_recommended_profile(data_root: Path) -> None:
 
     stored = asyncio.run(stored_hash())
     assert stored.startswith("$argon2id$v=19$m=65536,t=3,p=4$") and PASSWORD not in stored
+
+
+# servers
+
+
+def test_server_enable_list_disable(data_root: Path, fast: None) -> None:
+    assert cli("tenant", "create", "acme").exit_code == 0
+    empty = cli("server", "list", "acme")
+    assert empty.exit_code == 0 and "no servers enabled for tenant acme" in empty.stdout
+
+    enabled = cli("server", "enable", "acme", "lakehouse", "http://127.0.0.1:8711/mcp")
+    assert enabled.exit_code == 0, enabled.output
+    assert "enabled lakehouse for tenant acme at http://127.0.0.1:8711/mcp" in enabled.stdout
+    assert "lakehouse:read lakehouse:write" in enabled.stdout  # default scopes
+    custom = cli("server", "enable", "acme", "etim", "https://etim.example/mcp", "--scope", "etim:read",
+                 "--config", '{"write_roles": ["admin"]}', "--version", "1.2.0")
+    assert custom.exit_code == 0, custom.output
+
+    listed = cli("server", "list", "acme")
+    assert listed.exit_code == 0
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["SERVER", "STATE", "URL", "SCOPES", "VERSION", "CONFIG"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert set(rows) == {"etim", "lakehouse"}
+    assert "enabled" in rows["etim"] and "https://etim.example/mcp" in rows["etim"] and "1.2.0" in rows["etim"]
+    assert '{"write_roles": ["admin"]}' in rows["etim"] and "etim:read" in rows["etim"]
+    assert "etim:write" not in rows["etim"]
+
+    disabled = cli("server", "disable", "acme", "etim")
+    assert disabled.exit_code == 0 and "disabled etim for tenant acme" in disabled.stdout
+    assert [line.split()[0] for line in cli("server", "list", "acme").stdout.splitlines()[1:]] == ["lakehouse"]
+
+    async def check() -> None:
+        async with fast_db(default_db_url()) as db:
+            etim = await db.get_installation("acme", "etim")
+            assert etim is not None and etim.state == InstallationState.disabled
+            assert etim.config == {"write_roles": ["admin"]} and etim.granted_scopes == ["etim:read"]
+            assert await db.list_pins("acme") == []  # tools are pinned by the gateway at first discovery
+
+    asyncio.run(check())
+    again = cli("server", "enable", "acme", "etim", "https://etim.example/mcp", "--scope", "etim:read")
+    assert again.exit_code == 0
+    assert "etim" in cli("server", "list", "acme").stdout
+
+
+def test_server_errors(data_root: Path, fast: None) -> None:
+    assert cli("tenant", "create", "acme").exit_code == 0
+    cases = {
+        ("server", "enable", "nope", "lakehouse", "http://127.0.0.1:8711/mcp"): "does not exist",
+        ("server", "enable", "acme", "Lake_House", "http://127.0.0.1:8711/mcp"): "invalid server name",
+        ("server", "enable", "acme", "lakehouse", "ftp://x/mcp"): "invalid upstream URL",
+        ("server", "enable", "acme", "lakehouse", "http://u:pw@x/mcp"): "credentials",
+        ("server", "enable", "acme", "lakehouse", "http://x/mcp", "--config", "{nope"): "not valid JSON",
+        ("server", "enable", "acme", "lakehouse", "http://x/mcp", "--config", "[1]"): "JSON object",
+        ("server", "enable", "acme", "lakehouse", "http://x/mcp", "--scope", "bad scope"): "invalid scope",
+        ("server", "disable", "acme", "ghost"): "not installed",
+        ("server", "list", "nope"): "does not exist",
+    }
+    for args, message in cases.items():
+        result = cli(*args)
+        assert result.exit_code == 1 and message in result.stderr, (args, result.output)
+    assert cli("server", "list", "acme").stdout.startswith("no servers")
+
+
+# audit
+
+
+def _audit_event(i: int) -> AuditEvent:
+    return AuditEvent.tool_call(tenant="acme", subject="anna@acme.example", client_id="c", tool="lakehouse__search",
+                                arguments={"q": i}, decision="allowed", status="ok", latency_ms=1.0,
+                                upstream="lakehouse")
+
+
+def _fill_audit(path: Path, n: int) -> None:
+    async def fill() -> None:
+        async with AuditLog(path) as log:
+            for i in range(n):
+                await log.append(_audit_event(i))
+
+    asyncio.run(fill())
+
+
+def test_audit_verify(data_root: Path) -> None:
+    default = default_audit_path()
+    assert default == data_root / "gateway" / "audit" / "audit.db"
+    nothing = cli("audit", "verify")
+    assert nothing.exit_code == 0 and "no audit log" in nothing.stdout
+    assert not default.exists()  # verifying does not create a log
+
+    _fill_audit(default, 5)
+    ok = cli("audit", "verify")
+    assert ok.exit_code == 0, ok.output
+    assert "intact: 5 records" in ok.stdout and "head anchor at seq 5" in ok.stdout
+    # The anchor lags the head (records committed since the last anchor write): still intact, and a
+    # verifier never moves the anchor (the running gateway owns it).
+    anchor = default.with_name("audit.db.anchor.json")
+    conn = sqlite3.connect(default)
+    third = conn.execute("SELECT hash FROM audit_log WHERE seq = 3").fetchone()[0]
+    conn.close()
+    anchor.write_text(json.dumps({"seq": 3, "hash": third, "ts": "2026-01-01T00:00:00Z"}))
+    before = anchor.read_bytes()
+    lagging = cli("audit", "verify", "--path", str(default.parent))  # the folder works too
+    assert lagging.exit_code == 0 and "head anchor at seq 3" in lagging.stdout
+    assert anchor.read_bytes() == before
+
+    conn = sqlite3.connect(default)
+    conn.execute("UPDATE audit_log SET tool = 'law__search' WHERE seq = 3")
+    conn.commit()
+    conn.close()
+    broken = cli("audit", "verify")
+    assert broken.exit_code == 1
+    assert "BROKEN at record 3" in broken.stderr and "altered" in broken.stderr
+
+
+def test_audit_verify_reports_truncation_and_a_deleted_log(tmp_path: Path, data_root: Path) -> None:
+    path = tmp_path / "elsewhere" / "audit.db"
+    _fill_audit(path, 4)
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM audit_log WHERE seq = 4")  # cut off the tail
+    conn.commit()
+    conn.close()
+    cut = cli("audit", "verify", "--path", str(path))
+    assert cut.exit_code == 1 and "truncated" in cut.stderr
+
+    path.unlink()
+    gone = cli("audit", "verify", "--path", str(path))
+    assert gone.exit_code == 1 and "deleted" in gone.stderr
