@@ -56,6 +56,7 @@ from kontor.tenancy import InvalidTenant, validate_tenant
 log = logging.getLogger(__name__)
 
 TENANT_CACHE_S = 5.0
+MAX_SESSIONS = 20_000  # above the SDK's default limit of open sessions (10,000)
 
 
 def _json_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -94,6 +95,13 @@ class Runtime:
             max_request_body_size=settings.max_body_bytes)
         self._tenants: dict[str, tuple[float, TenantAuth]] = {}
         self._session_tenants: dict[str, str] = {}
+
+    def remember_session(self, session_id: str, tenant: str) -> None:
+        """Bind a session id to its tenant; bounded (oldest forgotten), like the SDK's own session limit."""
+        self._session_tenants.pop(session_id, None)
+        self._session_tenants[session_id] = tenant
+        while len(self._session_tenants) > MAX_SESSIONS:
+            self._session_tenants.pop(next(iter(self._session_tenants)))
 
     async def _builtin_key(self, kid: str) -> Any:
         if self.auth_server is None:
@@ -224,8 +232,11 @@ class McpEndpoint:
             if message["type"] == "http.response.start":
                 for key, value in message.get("headers", []):
                     if key.lower() == b"mcp-session-id":
-                        rt._session_tenants[value.decode("latin-1")] = tenant
+                        rt.remember_session(value.decode("latin-1"), tenant)
             await send(message)
+
+        if method == "DELETE" and session_id is not None:
+            rt._session_tenants.pop(session_id, None)
 
         await rt.session_manager.handle_request(scope, receive, send_recording)
 

@@ -278,7 +278,8 @@ class UpstreamSession:
     async def _read_stream(self, response: httpcore.Response, request_id: int, method: str,
                            on_message: MessageHandler | None) -> dict[str, Any]:
         buffer = bytearray()
-        async for chunk in response.aiter_stream():
+        chunks = response.aiter_stream()  # one iterator: httpcore refuses a second one
+        async for chunk in chunks:
             buffer += chunk
             if len(buffer) > self.max_message_bytes:
                 raise UpstreamUnavailable(f"{self.server} sent an SSE event over {self.max_message_bytes} bytes")
@@ -291,16 +292,17 @@ class UpstreamSession:
                 if not isinstance(message, dict):
                     continue
                 if message.get("id") == request_id and ("result" in message or "error" in message):
-                    await self._drain(response)
+                    await self._drain(chunks)
                     return self._answer(message, request_id, method)
                 await self._dispatch(message, on_message)
         raise UpstreamUnavailable(f"{self.server} closed the stream before answering {method}")
 
     @staticmethod
-    async def _drain(response: httpcore.Response) -> None:
-        """Read the stream to its end (the server closes it after the answer), so the connection is reused."""
+    async def _drain(chunks: Any) -> None:
+        """Read the stream to its end (the server closes it right after the answer), so the keep-alive
+        connection goes back to the pool instead of being dropped half-read."""
         with contextlib.suppress(Exception), anyio.move_on_after(1.0):
-            async for _ in response.aiter_stream():
+            async for _ in chunks:
                 pass
 
     async def _dispatch(self, message: dict[str, Any], on_message: MessageHandler | None) -> None:
