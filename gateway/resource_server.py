@@ -37,9 +37,9 @@ from typing import Any
 
 from joserfc import jws
 from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, Key, RSAKey
+from joserfc.jwk import Key
 
-from kontor.auth import parse_jwks
+from kontor.auth import is_time, key_fits, no_constants, parse_jwks
 from kontor.gateway.config import GatewaySettings
 from kontor.gateway.safehttp import FetchFailed, SafeHttpClient, UnsafeUrl
 
@@ -104,18 +104,6 @@ def bearer_token(authorization: str | None) -> str | None:
     return token
 
 
-def _key_fits(key: Key, alg: str) -> bool:
-    if key.alg is not None and key.alg != alg:
-        return False
-    if alg == "ES256":
-        return isinstance(key, ECKey) and key.curve_name == "P-256"
-    return alg == "RS256" and isinstance(key, RSAKey)
-
-
-def _is_time(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 async def decode_jwt(token: str, lookup: KeyLookup) -> dict[str, Any]:
     """Check a compact JWS against ``lookup``'s key and return its claims (no claim checks)."""
     registry = jws.JWSRegistry(algorithms=list(ALGORITHMS))
@@ -134,7 +122,7 @@ async def decode_jwt(token: str, lookup: KeyLookup) -> dict[str, Any]:
     key = await lookup(kid)
     if key is None:
         raise TokenRejected("unknown signing key")
-    if not _key_fits(key, alg):
+    if not key_fits(key, alg):
         raise TokenRejected("key does not match algorithm")
     try:
         ok = jws.validate_compact(obj, key, registry=registry)
@@ -143,7 +131,7 @@ async def decode_jwt(token: str, lookup: KeyLookup) -> dict[str, Any]:
     if not ok:
         raise TokenRejected("bad signature")
     try:
-        claims = json.loads(obj.payload or b"")
+        claims = json.loads(obj.payload or b"", parse_constant=no_constants)  # no NaN/Infinity exp
     except ValueError:
         raise TokenRejected("malformed claims") from None
     if not isinstance(claims, dict):
@@ -262,11 +250,11 @@ class UserTokenVerifier:
 
     def _check_times(self, claims: Mapping[str, Any], now: float) -> None:
         exp, nbf = claims.get("exp"), claims.get("nbf")
-        if not _is_time(exp):
+        if not is_time(exp):
             raise TokenRejected("missing exp")
         if now >= exp + self.leeway_s:
             raise TokenRejected("token expired")
-        if nbf is not None and (not _is_time(nbf) or nbf > now + self.leeway_s):
+        if nbf is not None and (not is_time(nbf) or nbf > now + self.leeway_s):
             raise TokenRejected("token not yet valid")
 
     def _builtin_principal(self, claims: Mapping[str, Any], tenant: str, iss: str) -> Principal:

@@ -308,7 +308,7 @@ class InternalTokenVerifier:
         key = await self.jwks_source.get_key(kid)
         if key is None:
             raise TokenInvalid("unknown signing key")
-        if not _key_fits(key, alg):
+        if not key_fits(key, alg):
             raise TokenInvalid("key does not match algorithm")
         try:
             ok = jws.validate_compact(obj, key, registry=self._registry)
@@ -317,7 +317,7 @@ class InternalTokenVerifier:
         if not ok:
             raise TokenInvalid("bad signature")
         try:
-            claims = json.loads(obj.payload or b"", parse_constant=_no_constants)
+            claims = json.loads(obj.payload or b"", parse_constant=no_constants)
         except ValueError:
             raise TokenInvalid("malformed claims") from None
         if not isinstance(claims, dict):
@@ -332,11 +332,11 @@ class InternalTokenVerifier:
         if aud != self.audience and aud != [self.audience]:
             raise TokenInvalid("wrong audience")
         exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf")
-        if not _is_time(exp):
+        if not is_time(exp):
             raise TokenInvalid("missing or malformed exp")
-        if not _is_time(iat):
+        if not is_time(iat):
             raise TokenInvalid("missing or malformed iat")
-        if nbf is not None and not _is_time(nbf):
+        if nbf is not None and not is_time(nbf):
             raise TokenInvalid("malformed nbf")
         if now >= exp + self.leeway_s:
             raise TokenInvalid("token expired")
@@ -373,22 +373,22 @@ def token_from_claims(claims: Mapping[str, Any]) -> VerifiedToken:
             raise TokenInvalid("malformed act")
         actor = act["sub"]
     exp = claims.get("exp")
-    if not _is_time(exp):
+    if not is_time(exp):
         raise TokenInvalid("missing or malformed exp")
     return VerifiedToken(subject=sub, tenant=tenant, scopes=frozenset(scope.split()), client_id=client_id,
                          actor=actor, expires_at=int(exp), raw_claims=MappingProxyType(dict(claims)))
 
 
-def _no_constants(name: str) -> Any:
+def no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # NaN, Infinity: Python accepts them, RFC 8259 does not
 
 
-def _is_time(value: Any) -> bool:
+def is_time(value: Any) -> bool:
     return not isinstance(value, bool) and (isinstance(value, int) or (isinstance(value, float)
                                                                         and math.isfinite(value)))
 
 
-def _key_fits(key: Key, alg: str) -> bool:
+def key_fits(key: Key, alg: str) -> bool:
     """ES256 only with an EC P-256 key, RS256 only with an RSA key; a key's own ``alg`` must agree."""
     if key.alg is not None and key.alg != alg:
         return False

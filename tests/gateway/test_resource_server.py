@@ -111,3 +111,9 @@ async def test_revoked_token_is_refused_even_when_cached() -> None:
 async def test_unknown_tenant_is_refused() -> None:
     with pytest.raises(TokenRejected, match="unknown tenant"):
         await verifier(PLAIN).verify(sign(BUILTIN, iss=SETTINGS.issuer("nope"), tenant="nope"), "nope")
+
+
+async def test_non_finite_expiry_is_refused() -> None:
+    token = sign(BUILTIN, iss=SETTINGS.issuer("acme"), tenant="acme", exp=float("nan"))  # would never expire
+    with pytest.raises(TokenRejected):
+        await verifier(PLAIN).verify(token, "acme")
