@@ -95,6 +95,7 @@ class Runtime:
             max_request_body_size=settings.max_body_bytes)
         self._tenants: dict[str, tuple[float, TenantAuth]] = {}
         self._session_tenants: dict[str, str] = {}
+        self._scopes: dict[str, tuple[float, list[str]]] = {}
 
     def remember_session(self, session_id: str, tenant: str) -> None:
         """Bind a session id to its tenant; bounded (oldest forgotten), like the SDK's own session limit."""
@@ -102,6 +103,12 @@ class Runtime:
         self._session_tenants[session_id] = tenant
         while len(self._session_tenants) > MAX_SESSIONS:
             self._session_tenants.pop(next(iter(self._session_tenants)))
+
+    def session_of_other_tenant(self, session_id: str | None, tenant: str) -> bool:
+        return session_id is not None and self._session_tenants.get(session_id, tenant) != tenant
+
+    def forget_session(self, session_id: str) -> None:
+        self._session_tenants.pop(session_id, None)
 
     async def _builtin_key(self, kid: str) -> Any:
         if self.auth_server is None:
@@ -123,7 +130,14 @@ class Runtime:
         return info
 
     async def scopes_for(self, tenant: str) -> list[str]:
-        return supported_scopes(i.server for i in await self.db.list_enabled(tenant))
+        """The tenant's scopes, cached briefly: every unauthenticated request's 401 names them."""
+        now = time.monotonic()
+        hit = self._scopes.get(tenant)
+        if hit is None or now - hit[0] >= TENANT_CACHE_S:
+            if len(self._scopes) > 10_000:
+                self._scopes.clear()
+            hit = self._scopes[tenant] = (now, supported_scopes(i.server for i in await self.db.list_enabled(tenant)))
+        return hit[1]
 
 
 def transport_security(settings: GatewaySettings) -> TransportSecuritySettings:
@@ -208,7 +222,7 @@ class McpEndpoint:
             await _json_error(429, "rate limit exceeded", {"Retry-After": str(retry)})(scope, receive, send)
             return
         session_id = request.headers.get("mcp-session-id")
-        if session_id is not None and rt._session_tenants.get(session_id, tenant) != tenant:
+        if rt.session_of_other_tenant(session_id, tenant):
             await _json_error(404, "Session not found")(scope, receive, send)
             return
         if method == "POST":
@@ -236,7 +250,7 @@ class McpEndpoint:
             await send(message)
 
         if method == "DELETE" and session_id is not None:
-            rt._session_tenants.pop(session_id, None)
+            rt.forget_session(session_id)
 
         await rt.session_manager.handle_request(scope, receive, send_recording)
 
