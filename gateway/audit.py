@@ -69,7 +69,7 @@ __all__ = [
 
 GENESIS = "0" * 64
 DECISIONS = ("allowed", "denied")
-STATUSES = ("ok", "error", "timeout")
+STATUSES = ("ok", "error", "timeout", "cancelled")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_TEXT = 1000  # reasons and names are cut to this many characters, so a record stays small
 
@@ -95,6 +95,10 @@ audit_table = Table(
     Column("hash", String(64), nullable=False),
     Index("ix_audit_log_tenant_seq", "tenant", "seq"),
 )
+
+
+# Longest value kept per column: its declared length (PostgreSQL enforces it; SQLite does not), else _MAX_TEXT.
+_LIMITS = {column.name: getattr(column.type, "length", None) or _MAX_TEXT for column in audit_table.columns}
 
 
 def canonical_json(value: Any) -> bytes:
@@ -126,7 +130,7 @@ class AuditEvent:
     tool: str | None = None
     args_sha256: str | None = None
     reason: str | None = None
-    status: Literal["ok", "error", "timeout"] | None = None
+    status: Literal["ok", "error", "timeout", "cancelled"] | None = None
     latency_ms: float | None = None
     upstream: str | None = None
     kind: str = "tools/call"
@@ -190,11 +194,13 @@ class VerifyResult:
     anchor_seq: int | None = None  # None: no anchor, so a cut-off tail cannot be detected
 
 
-def _cut(value: str | None) -> str | None:
-    """Bounded length, and valid UTF-8 (a lone surrogate would otherwise fail the whole batch's commit)."""
+def _cut(value: str | None, limit: int = _MAX_TEXT) -> str | None:
+    """Bounded length, valid UTF-8 and no NUL: a lone surrogate, a NUL (PostgreSQL text cannot hold
+    one) or a value longer than its column (PostgreSQL refuses it) would otherwise fail the whole
+    batch's commit. Replacements keep the length: a surrogate or NUL becomes ``?``."""
     if value is None:
         return None
-    return str(value)[:_MAX_TEXT].encode("utf-8", "replace").decode("utf-8")
+    return str(value)[:limit].encode("utf-8", "replace").decode("utf-8").replace("\x00", "?")
 
 
 def _now_iso() -> str:
@@ -411,8 +417,8 @@ class AuditLog:
         row: dict[str, Any] = {
             "seq": seq,
             "ts": ts,
-            "kind": _cut(values["kind"]),
-            "tenant": _cut(values["tenant"]),
+            "kind": _cut(values["kind"], _LIMITS["kind"]),
+            "tenant": _cut(values["tenant"], _LIMITS["tenant"]),
             "subject": _cut(values["subject"]),
             "client_id": _cut(values["client_id"]),
             "tool": _cut(values["tool"]),
@@ -422,7 +428,7 @@ class AuditLog:
             "status": values["status"],
             "latency_ms": None if values["latency_ms"] is None else round(float(values["latency_ms"]), 3),
             "upstream": _cut(values["upstream"]),
-            "trace_id": _cut(values["trace_id"]),
+            "trace_id": _cut(values["trace_id"], _LIMITS["trace_id"]),
             "prev_hash": prev_hash,
         }
         row["hash"] = record_hash(row)

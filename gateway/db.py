@@ -90,12 +90,15 @@ __all__ = [
     "User",
     "UserRow",
     "WeakPassword",
+    "contains_nul",
     "normalise_email",
 ]
 
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024  # argon2 accepts more; a cap keeps a single request from being expensive
 MAX_EMAIL_LENGTH = 320
+MAX_TOOL_NAME_LENGTH = 128  # ToolPinRow.tool
+MAX_VERSION_LENGTH = 64  # InstallationRow.version
 NEW_TOOL_REASON = "not approved (new tool)"
 
 
@@ -245,7 +248,7 @@ class InstallationRow(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid(), primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[str] = mapped_column(String(63), ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     server: Mapped[str] = mapped_column(String(64))
-    version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    version: Mapped[str | None] = mapped_column(String(MAX_VERSION_LENGTH), nullable=True)
     state: Mapped[str] = mapped_column(String(24))
     granted_scopes: Mapped[list[str]] = mapped_column(JSONType, default=lambda: [])
     config: Mapped[dict[str, Any]] = mapped_column(JSONType, default=lambda: {})
@@ -271,7 +274,7 @@ class ToolPinRow(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid(), primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[str] = mapped_column(String(63), ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     server: Mapped[str] = mapped_column(String(64))
-    tool: Mapped[str] = mapped_column(String(128))
+    tool: Mapped[str] = mapped_column(String(MAX_TOOL_NAME_LENGTH))
     definition_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     definition: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     approved_by: Mapped[str | None] = mapped_column(String(MAX_EMAIL_LENGTH), nullable=True)
@@ -410,6 +413,29 @@ def normalise_email(email: str) -> str:
             or any(ch.isspace() or not ch.isprintable() for ch in value)):
         raise InvalidValue(f"invalid e-mail address {email!r}")
     return value
+
+
+def contains_nul(value: Any) -> bool:
+    """Whether ``value`` (a string, or a JSON-like structure of dicts and lists) holds a U+0000 character
+    anywhere, keys included. PostgreSQL can store it neither in text columns nor in JSONB (SQLite can):
+    such values are refused or withheld up front, so both engines behave alike."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(contains_nul(k) or contains_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(contains_nul(v) for v in value)
+    return False
+
+
+def _unstorable(definition: Mapping[str, Any]) -> str | None:
+    """Why a tool definition cannot be pinned on every engine (a reason to withhold it), or None."""
+    name = definition.get("name")
+    if isinstance(name, str) and len(name) > MAX_TOOL_NAME_LENGTH:
+        return f"tool name longer than {MAX_TOOL_NAME_LENGTH} characters"
+    if contains_nul(definition):
+        return "definition contains NUL characters"
+    return None
 
 
 def _normalise_password(password: str) -> str:
@@ -613,10 +639,12 @@ class GatewayDB:
         """Create a tenant; the id must be a valid slug (see :func:`kontor.tenancy.validate_tenant`)."""
         _valid_tenant(tenant_id)
         name = (name or tenant_id).strip()
-        if not name or len(name) > 200:
-            raise InvalidValue("tenant name must have 1-200 characters")
+        if not name or len(name) > 200 or "\x00" in name:
+            raise InvalidValue("tenant name must have 1-200 characters, none of them NUL")
         if isinstance(allowed_issuers, str) or any(not isinstance(i, str) for i in allowed_issuers):
             raise InvalidValue("allowed_issuers must be a list of issuer URLs")
+        if contains_nul(list(allowed_issuers)) or contains_nul(dict(settings or {})):
+            raise InvalidValue("allowed_issuers and settings must not contain NUL characters")
         try:
             async with self._sessions.begin() as session:
                 if await session.get(TenantRow, tenant_id) is not None:
@@ -737,7 +765,8 @@ class GatewayDB:
             email = normalise_email(email)
         except (ValueError, GatewayDBError):
             tenant_ok = None
-        email_subject = email if isinstance(email, str) else None
+        # The attempted address goes into the event even when invalid, minus NULs (which PostgreSQL refuses).
+        email_subject = email.replace("\x00", "?") if isinstance(email, str) else None
         password = _normalise_password(password) if isinstance(password, str) else ""
         row: UserRow | None = None
         if tenant_ok is not None:
@@ -809,6 +838,11 @@ class GatewayDB:
         validate_server_name(server)
         upstream_url = _upstream_url(upstream_url)
         granted = _scopes(scopes)
+        if version is not None and (not isinstance(version, str) or len(version) > MAX_VERSION_LENGTH
+                                    or "\x00" in version):
+            raise InvalidValue(f"version must be a string of at most {MAX_VERSION_LENGTH} characters")
+        if config is not None and contains_nul(dict(config)):
+            raise InvalidValue("config must not contain NUL characters")
         async with self._sessions.begin() as session:
             await self._tenant_row(session, tenant)
             if tools is not None:
@@ -886,6 +920,8 @@ class GatewayDB:
             raise InvalidValue(f"every tool of server {server!r} needs a non-empty string name")
         if len(set(names)) != len(names):
             raise InvalidValue(f"server {server!r} lists a tool name twice")
+        # Not pinned (check_tools withholds them, with the reason), rather than failing on PostgreSQL.
+        definitions = [d for d in definitions if _unstorable(d) is None]
         pins = await self._pins(session, tenant, server)
         now = self._now()
         rows = []
@@ -911,6 +947,8 @@ class GatewayDB:
         """Approve ``tools`` (full definitions) as they are now: store each definition and its hash.
 
         Pins of tools not in the list are kept (a tool that comes back unchanged stays approved).
+        A tool the database cannot hold (name over 128 characters, a NUL character anywhere) is not
+        pinned; :meth:`check_tools` withholds it.
         """
         validate_server_name(server)
         async with self._sessions.begin() as session:
@@ -936,7 +974,9 @@ class GatewayDB:
         ``withheld`` and keep the live definition for :meth:`approve_tool`. An event is written
         when a tool becomes withheld or its withheld definition changes again — not on every
         check, so calling this on each discovery does not flood the event log. A withheld tool
-        whose live definition is back to the approved one is served again.
+        whose live definition is back to the approved one is served again. A tool the database
+        cannot hold (name over 128 characters, a NUL character anywhere) is withheld with that
+        reason and no pin row.
         """
         validate_server_name(server)
         definitions = sorted((definition_of(t) for t in live_tools), key=lambda d: str(d["name"]))
@@ -957,6 +997,10 @@ class GatewayDB:
                 if counts[name] > 1:
                     if (name, "tool name listed more than once") not in withheld:
                         withheld.append((name, "tool name listed more than once"))
+                    continue
+                unstorable = _unstorable(definition)
+                if unstorable is not None:  # withheld without a pin row: the database could not hold it
+                    withheld.append((name, unstorable))
                     continue
                 live_hash = definition_hash(definition)
                 row = pins.get(name)

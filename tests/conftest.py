@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated data root per test and paths to the team's reference data."""
+"""Shared fixtures: an isolated data root per test, paths to the team's reference data, and a
+throwaway PostgreSQL server (:mod:`tests.postgres`) with a fresh database per test."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.postgres import PostgresCluster, PostgresNotFound, ServerBinaries, find_binaries
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -35,3 +38,34 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present beside the repository")
     return SHARED_DATA
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+
+REQUIRE_PG = "KONTOR_REQUIRE_PG"
+
+
+def postgres_binaries_or_skip() -> ServerBinaries:
+    """The server programs; skips the test without them, unless ``KONTOR_REQUIRE_PG=1`` (CI) makes it fail."""
+    try:
+        return find_binaries()
+    except PostgresNotFound as exc:
+        problem = str(exc)
+    if os.environ.get(REQUIRE_PG) == "1":
+        pytest.fail(f"{REQUIRE_PG}=1 but PostgreSQL is not available: {problem}", pytrace=False)
+    pytest.skip(f"PostgreSQL not available: {problem} (set {REQUIRE_PG}=1 to make this an error)")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL server for the whole session, started on first use."""
+    binaries = postgres_binaries_or_skip()
+    with PostgresCluster(binaries) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PostgresCluster) -> Iterator[str]:
+    """``postgresql+asyncpg://`` URL of a fresh, empty database, dropped after the test."""
+    with pg_cluster.database() as url:
+        yield url

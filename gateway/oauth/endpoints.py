@@ -33,7 +33,15 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from kontor.gateway.config import GatewaySettings
-from kontor.gateway.db import AccountLocked, AuthenticationFailed, GatewayDB, InvalidValue, NotFound, Tenant
+from kontor.gateway.db import (
+    AccountLocked,
+    AuthenticationFailed,
+    GatewayDB,
+    InvalidValue,
+    NotFound,
+    Tenant,
+    contains_nul,
+)
 from kontor.gateway.keys import KeyStore
 from kontor.gateway.oauth import pages
 from kontor.gateway.oauth.clients import ClientResolver, OAuthClient, default_http_client
@@ -469,6 +477,8 @@ class AuthServer:
             data = None
         if not isinstance(data, dict):
             return _oauth_error(400, "invalid_client_metadata", "the body must be a JSON object", CORS_HEADERS)
+        if contains_nul(data):  # PostgreSQL can store U+0000 neither in text nor in JSONB
+            return _oauth_error(400, "invalid_client_metadata", "NUL characters are not allowed", CORS_HEADERS)
         ctx = await self._context(tenant.id)
         server = TenantAuthorizationServer(ctx)
         jreq = KontorJsonRequest("POST", f"{ctx.issuer}/oauth/register", request.headers, data)

@@ -1,4 +1,8 @@
-"""The audit log: hash chain, tamper detection, anchor, durability under kill -9, group commit."""
+"""The audit log: hash chain, tamper detection, anchor, durability under kill -9, group commit.
+
+The storage tests run on SQLite (the default: a file) and on a fresh database of the throwaway
+PostgreSQL server from ``tests/conftest.py`` (the anchor file then lies in the test's tmp_path).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,17 @@ import asyncio
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from kontor.gateway.audit import (
     GENESIS,
@@ -41,9 +48,41 @@ async def fill(log: AuditLog, n: int) -> None:
         await log.append(call(i))
 
 
+@dataclass(frozen=True)
+class Store:
+    """Where a test's audit log lives: a SQLite file (anchor beside it), or a PostgreSQL URL plus an anchor path."""
+
+    location: str | Path
+    anchor_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return self.location if isinstance(self.location, str) else f"sqlite+aiosqlite:///{self.location}"
+
+    def log(self, **options: Any) -> AuditLog:
+        """A new (not yet initialised) AuditLog on this store."""
+        return AuditLog(self.location, anchor_path=self.anchor_path, **options)
+
+    async def raw(self, sql: str, **params: object) -> None:
+        """Run SQL behind the log's back, as someone with write access to the database would."""
+        engine = create_async_engine(self.url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text(sql), params)
+        finally:
+            await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "sqlite":
+        return Store(tmp_path / "audit" / "audit.db")
+    return Store(str(request.getfixturevalue("pg_url")), tmp_path / "audit.anchor.json")
+
+
 @pytest.fixture
-async def log(tmp_path: Path) -> AsyncIterator[AuditLog]:
-    audit = AuditLog(tmp_path / "audit" / "audit.db")
+async def log(store: Store) -> AsyncIterator[AuditLog]:
+    audit = store.log()
     await audit.init()
     yield audit
     await audit.close()
@@ -52,13 +91,6 @@ async def log(tmp_path: Path) -> AsyncIterator[AuditLog]:
 def files_containing(directory: Path, needle: bytes) -> dict[str, bool]:
     """Every file in ``directory`` -> whether its bytes contain ``needle``."""
     return {p.name: needle in p.read_bytes() for p in directory.iterdir() if p.is_file()}
-
-
-def raw(db: Path, sql: str, *params: object) -> None:
-    conn = sqlite3.connect(db)
-    conn.execute(sql, params)
-    conn.commit()
-    conn.close()
 
 
 async def test_chain_verifies_and_records_hold_the_fields(log: AuditLog) -> None:
@@ -101,57 +133,54 @@ def test_arguments_hash_is_canonical() -> None:
         AuditEvent(tenant="acme", decision="maybe")
 
 
-async def test_edited_middle_record_is_detected(log: AuditLog) -> None:
+async def test_edited_middle_record_is_detected(store: Store, log: AuditLog) -> None:
     await fill(log, 12)
-    db = log.db_file
-    raw(db, "UPDATE audit_log SET tenant = 'globex' WHERE seq = 7")
+    await store.raw("UPDATE audit_log SET tenant = 'globex' WHERE seq = 7")
     result = await log.verify()
     assert not result.ok and result.first_bad_seq == 7 and "altered" in result.reason
     assert result.checked == 6
 
 
-async def test_edited_and_rehashed_record_breaks_the_next_link(log: AuditLog) -> None:
+async def test_edited_and_rehashed_record_breaks_the_next_link(store: Store, log: AuditLog) -> None:
     await fill(log, 12)
     record = (await log.query(before_seq=8, limit=1))[0]
     edited = dict(record.__dict__, decision="denied")
-    raw(log.db_file, "UPDATE audit_log SET decision = 'denied', hash = ? WHERE seq = 7", record_hash(edited))
+    await store.raw("UPDATE audit_log SET decision = 'denied', hash = :h WHERE seq = 7", h=record_hash(edited))
     result = await log.verify()
     assert not result.ok and result.first_bad_seq == 8 and "does not link" in result.reason
 
 
-async def test_deleted_middle_record_is_detected(log: AuditLog) -> None:
+async def test_deleted_middle_record_is_detected(store: Store, log: AuditLog) -> None:
     await fill(log, 12)
-    raw(log.db_file, "DELETE FROM audit_log WHERE seq = 5")
+    await store.raw("DELETE FROM audit_log WHERE seq = 5")
     result = await log.verify()
     assert not result.ok and result.first_bad_seq == 5 and "missing" in result.reason
 
 
-async def test_deleted_and_renumbered_record_is_detected(log: AuditLog) -> None:
+async def test_deleted_and_renumbered_record_is_detected(store: Store, log: AuditLog) -> None:
     await fill(log, 12)
-    raw(log.db_file, "DELETE FROM audit_log WHERE seq = 5")
-    raw(log.db_file, "UPDATE audit_log SET seq = seq - 1 WHERE seq > 5")  # close the gap
+    await store.raw("DELETE FROM audit_log WHERE seq = 5")
+    await store.raw("UPDATE audit_log SET seq = seq - 1 WHERE seq > 5")  # close the gap
     result = await log.verify()
     assert not result.ok and result.first_bad_seq == 5
 
 
-async def test_reordered_records_are_detected(log: AuditLog) -> None:
+async def test_reordered_records_are_detected(store: Store, log: AuditLog) -> None:
     await fill(log, 12)
-    db = log.db_file
-    raw(db, "UPDATE audit_log SET seq = -1 WHERE seq = 6")
-    raw(db, "UPDATE audit_log SET seq = 6 WHERE seq = 7")
-    raw(db, "UPDATE audit_log SET seq = 7 WHERE seq = -1")
+    await store.raw("UPDATE audit_log SET seq = -1 WHERE seq = 6")
+    await store.raw("UPDATE audit_log SET seq = 6 WHERE seq = 7")
+    await store.raw("UPDATE audit_log SET seq = 7 WHERE seq = -1")
     result = await log.verify()
     assert not result.ok and result.first_bad_seq == 6
 
 
-async def test_truncated_tail_is_detected_by_the_anchor(tmp_path: Path) -> None:
-    db = tmp_path / "audit.db"
-    async with AuditLog(db) as log:
+async def test_truncated_tail_is_detected_by_the_anchor(store: Store) -> None:
+    async with store.log() as log:
         await fill(log, 20)
         await log.write_anchor()
         anchor = json.loads(log.anchor_path.read_text())
         assert anchor["seq"] == 20 and anchor["hash"] == log.head[1]
-        raw(db, "DELETE FROM audit_log WHERE seq > 17")
+        await store.raw("DELETE FROM audit_log WHERE seq > 17")
         result = await log.verify()
         assert not result.ok and result.first_bad_seq == 18 and "truncated" in result.reason
         assert result.checked == 17 and result.anchor_seq == 20
@@ -161,17 +190,16 @@ async def test_truncated_tail_is_detected_by_the_anchor(tmp_path: Path) -> None:
         assert result.ok and result.anchor_seq is None
         log.anchor_path.write_text(json.dumps(anchor))
     with pytest.raises(AuditIntegrityError, match="truncated"):
-        await AuditLog(db).init()  # appending on top would overwrite the evidence
+        await store.log().init()  # appending on top would overwrite the evidence
 
 
-async def test_rewritten_tail_is_detected_by_the_anchor(tmp_path: Path) -> None:
-    db = tmp_path / "audit.db"
-    async with AuditLog(db) as log:
+async def test_rewritten_tail_is_detected_by_the_anchor(store: Store) -> None:
+    async with store.log() as log:
         await fill(log, 10)
-    raw(db, "DELETE FROM audit_log WHERE seq > 8")  # cut the tail, then write new records past it
+    await store.raw("DELETE FROM audit_log WHERE seq > 8")  # cut the tail, then write new records past it
     with pytest.raises(AuditIntegrityError, match="truncated"):
-        await AuditLog(db).init()
-    rebuilt = AuditLog(db)
+        await store.log().init()
+    rebuilt = store.log()
     await rebuilt.init(check_anchor=False)
     await fill(rebuilt, 5)  # seq 9..13: a valid chain, but seq 10 is not the anchored record
     result = await rebuilt.verify()
@@ -218,11 +246,10 @@ async def test_concurrent_appends_are_gapless_and_group_committed(log: AuditLog)
     assert (await log.verify()).ok
 
 
-async def test_reopen_continues_the_chain(tmp_path: Path) -> None:
-    db = tmp_path / "audit.db"
-    async with AuditLog(db) as log:
+async def test_reopen_continues_the_chain(store: Store) -> None:
+    async with store.log() as log:
         await fill(log, 3)
-    async with AuditLog(db) as log:
+    async with store.log() as log:
         assert await log.append(call(4)) == 4
         result = await log.verify()
         assert result.ok and result.checked == 4
@@ -258,8 +285,8 @@ async def test_failed_commit_raises_and_the_chain_stays_whole(log: AuditLog, mon
     assert (await log.verify()).ok
 
 
-async def test_closed_log_refuses_appends(tmp_path: Path) -> None:
-    log = AuditLog(tmp_path / "audit.db")
+async def test_closed_log_refuses_appends(store: Store) -> None:
+    log = store.log()
     await log.init()
     await log.close()
     with pytest.raises(AuditWriteError):
@@ -319,9 +346,13 @@ async def test_kill_9_loses_no_acknowledged_record(tmp_path: Path) -> None:
 
 
 async def test_odd_text_does_not_poison_a_batch(log: AuditLog) -> None:
-    odd = call(1, tool="bad\ud800name", reason="x" * 5000)
-    seqs = await asyncio.gather(*(log.append(odd if i == 3 else call(i)) for i in range(10)))
+    odd = call(1, tool="bad\ud800name", reason="x" * 5000, subject="nul\x00user")
+    # longer than their columns (PostgreSQL enforces those lengths, SQLite does not)
+    long = call(2, tenant="t" * 300, kind="k" * 100, trace_id="0" * 100)
+    seqs = await asyncio.gather(*(log.append({3: odd, 6: long}.get(i) or call(i)) for i in range(10)))
     assert sorted(seqs) == list(range(1, 11))
     stored = (await log.query(before_seq=5, limit=1))[0]
-    assert stored.tool == "bad?name" and len(stored.reason) == 1000
+    assert stored.tool == "bad?name" and len(stored.reason) == 1000 and stored.subject == "nul?user"
+    stored = (await log.query(before_seq=8, limit=1))[0]
+    assert (len(stored.tenant), len(stored.kind), len(stored.trace_id or "")) == (200, 64, 64)
     assert (await log.verify()).ok

@@ -1,14 +1,14 @@
 """The gateway database: tenants, users, login lockout, installations and tool pinning.
 
-Runs against SQLite; set ``KONTOR_TEST_PG_URL`` (e.g. ``postgresql+asyncpg://u@127.0.0.1:5432/db``,
-a scratch database whose tables are dropped) to run every test against PostgreSQL as well.
+Every test that opens the database runs twice: on SQLite and on a fresh database of the
+throwaway PostgreSQL server from ``tests/conftest.py`` (skipped where PostgreSQL is not
+installed, unless ``KONTOR_REQUIRE_PG=1``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,7 +41,6 @@ from kontor.gateway.pinning import definition_hash
 from kontor.tenancy import InvalidTenant
 
 PASSWORD = "correct horse battery staple"
-PG_URL = os.environ.get("KONTOR_TEST_PG_URL")
 
 
 def fast_hasher(time_cost: int = 1) -> PasswordHasher:
@@ -76,18 +75,15 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["sqlite", *(["postgresql"] if PG_URL else [])])
+@pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'gateway' / 'gateway.db'}"
-    return PG_URL  # type: ignore[return-value]
+    return str(request.getfixturevalue("pg_url"))  # started only when a postgresql variant runs
 
 
 async def _open(url: str, **kwargs: Any) -> GatewayDB:
     db = GatewayDB(url, **kwargs)
-    if db.engine.dialect.name != "sqlite":
-        async with db.engine.begin() as conn:
-            await conn.run_sync(Base.metadata.drop_all)
     await db.init()
     return db
 
@@ -433,6 +429,34 @@ async def test_enable_refuses_bad_names_and_scopes(db: GatewayDB) -> None:
         await db.enable_server("acme", "etim", "http://127.0.0.1:1/mcp", ["etim read"])
     with pytest.raises(InvalidValue, match="scope"):
         await db.enable_server("acme", "etim", "http://127.0.0.1:1/mcp", "etim:read")  # type: ignore[arg-type]
+
+
+async def test_values_postgresql_cannot_store_are_refused(db: GatewayDB) -> None:
+    """Over-long values and NUL characters: SQLite would store them, PostgreSQL fails the statement."""
+    url = "http://127.0.0.1:1/mcp"
+    for kwargs in ({"version": "1" * 65}, {"version": "1.0\x00"}, {"config": {"k": ["a\x00"]}}):
+        with pytest.raises(InvalidValue):
+            await db.enable_server("acme", "etim", url, [], **kwargs)  # type: ignore[arg-type]
+    assert (await db.enable_server("acme", "etim", url, [], version="1" * 64)).version == "1" * 64
+    for name, kwargs in (("B\x00", {}), ("B", {"allowed_issuers": ["x\x00"]}), ("B", {"settings": {"\x00": 1}})):
+        with pytest.raises(InvalidValue):
+            await db.create_tenant("beta", name, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(AuthenticationFailed):  # an invalid address still only fails the login
+        await db.authenticate("acme", "nul\x00@acme.example", PASSWORD)
+
+
+async def test_tools_postgresql_cannot_store_are_withheld(db: GatewayDB) -> None:
+    """An upstream's tool with a NUL character or an over-long name is withheld; its other tools are served."""
+    odd = [tool("nul", "evil\x00text"), tool("n" * 129), tool("bad\x00name"), tool("x", inputSchema={"\x00": 1})]
+    pins = await db.pin_tools("acme", "lakehouse", [tool("search"), *odd], actor=None)
+    assert [p.tool for p in pins] == ["search"]
+    check = await db.check_tools("acme", "lakehouse", [tool("search"), *odd])
+    assert check.approved == ["search"]
+    nul = "definition contains NUL characters"
+    assert dict(check.withheld) == {"nul": nul, "x": nul, "bad\x00name": nul,
+                                    "n" * 129: "tool name longer than 128 characters"}
+    assert [p.tool for p in await db.list_pins("acme", "lakehouse")] == ["search"]
+    assert (await db.check_tools("acme", "lakehouse", [tool("nul")])).withheld == [("nul", "not approved (new tool)")]
 
 
 async def test_enable_with_tools_pins_and_refuses_bad_names(db: GatewayDB) -> None:

@@ -1,5 +1,9 @@
 """Fixtures: a tenant with users and servers in a temp SQLite database, and the authorization
-server as a Starlette app behind ``httpx.ASGITransport`` (cookies kept by the client)."""
+server as a Starlette app behind ``httpx.ASGITransport`` (cookies kept by the client).
+
+``db_engine`` picks the database behind ``db``: SQLite here; a test module about storage
+overrides it with ``params=["sqlite", "postgresql"]`` to run on a fresh database of the
+throwaway PostgreSQL server (``tests/conftest.py``) as well."""
 
 from __future__ import annotations
 
@@ -67,33 +71,40 @@ def clock() -> Clock:
     return Clock()
 
 
-def _open(path: Path, clock: Clock | None = None) -> GatewayDB:
-    database = GatewayDB(f"sqlite+aiosqlite:///{path}", clock=clock or Clock(), max_failed_logins=3,
+def _open(location: Path | str, clock: Clock | None = None) -> GatewayDB:
+    """The gateway database at a SQLite file path or an SQLAlchemy URL."""
+    url = location if isinstance(location, str) else f"sqlite+aiosqlite:///{location}"
+    database = GatewayDB(url, clock=clock or Clock(), max_failed_logins=3,
                          hasher=PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1))
+    if database.engine.dialect.name == "sqlite":
 
-    @event.listens_for(database.engine.sync_engine, "connect")
-    def _no_fsync(dbapi_connection: Any, _record: Any) -> None:  # tests only: a crash loses nothing of value
-        dbapi_connection.execute("PRAGMA synchronous=OFF")
+        @event.listens_for(database.engine.sync_engine, "connect")
+        def _no_fsync(dbapi_connection: Any, _record: Any) -> None:  # tests only: a crash loses nothing of value
+            dbapi_connection.execute("PRAGMA synchronous=OFF")
 
     return database
 
 
+async def _seed(database: GatewayDB) -> None:
+    """Two tenants, a member and an admin of ``acme``, and two enabled servers."""
+    await database.init()
+    await database.create_tenant(TENANT, "ACME GmbH")
+    await database.create_tenant("beta", "Beta AG")
+    await database.add_user(TENANT, MEMBER, PASSWORD, "member")
+    await database.add_user(TENANT, ADMIN, PASSWORD, "admin")
+    await database.enable_server(TENANT, "files", "http://127.0.0.1:9001/mcp", ["files:read"])
+    await database.enable_server(TENANT, "crm", "http://127.0.0.1:9002/mcp", ["crm:read"],
+                                 config={"write_roles": ["admin"]})
+
+
 @pytest.fixture(scope="session")
 def seeded_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A database with two tenants, a member and an admin of ``acme``, and two enabled servers;
-    made once and copied for each test."""
+    """The seeded SQLite database (see :func:`_seed`), made once and copied for each test."""
     path = tmp_path_factory.mktemp("seed") / "gateway.db"
 
     async def seed() -> None:
         database = _open(path)
-        await database.init()
-        await database.create_tenant(TENANT, "ACME GmbH")
-        await database.create_tenant("beta", "Beta AG")
-        await database.add_user(TENANT, MEMBER, PASSWORD, "member")
-        await database.add_user(TENANT, ADMIN, PASSWORD, "admin")
-        await database.enable_server(TENANT, "files", "http://127.0.0.1:9001/mcp", ["files:read"])
-        await database.enable_server(TENANT, "crm", "http://127.0.0.1:9002/mcp", ["crm:read"],
-                                     config={"write_roles": ["admin"]})
+        await _seed(database)
         await database.close()
 
     asyncio.run(seed())
@@ -101,11 +112,22 @@ def seeded_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-async def db(tmp_path: Path, clock: Clock, seeded_db: Path) -> AsyncIterator[GatewayDB]:
-    path = tmp_path / "gateway.db"
-    shutil.copyfile(seeded_db, path)
-    database = _open(path, clock)
-    await database.init()  # idempotent; proves the oauth_* tables come with init
+def db_engine() -> str:
+    """The engine behind ``db``; override it in a module (with params) to run on PostgreSQL too."""
+    return "sqlite"
+
+
+@pytest.fixture
+async def db(request: pytest.FixtureRequest, db_engine: str, tmp_path: Path, clock: Clock,
+             seeded_db: Path) -> AsyncIterator[GatewayDB]:
+    if db_engine == "postgresql":  # a fresh database, seeded for this test
+        database = _open(str(request.getfixturevalue("pg_url")), clock)
+        await _seed(database)
+    else:
+        path = tmp_path / "gateway.db"
+        shutil.copyfile(seeded_db, path)
+        database = _open(path, clock)
+        await database.init()  # idempotent; proves the oauth_* tables come with init
     yield database
     await database.close()
 
