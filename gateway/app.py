@@ -9,8 +9,9 @@ Request path for ``/t/<tenant>/mcp`` (the :class:`McpEndpoint`):
 4. a ``tools/call`` for a tool the token's scopes do not cover: 403 ``insufficient_scope`` naming
    the scopes needed (step-up);
 5. a session id is only accepted with the tenant and principal that opened it;
-6. the MCP SDK's Streamable HTTP session manager serves the request; handlers in
-   :mod:`kontor.gateway.proxy` forward to upstreams.
+6. a ``tools/call`` on an open session is served by the lean path (:mod:`kontor.gateway.fastpath`);
+   everything else by the MCP SDK's Streamable HTTP session manager; both use the handlers in
+   :mod:`kontor.gateway.proxy`, which forward to upstreams.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from starlette.types import Message, Receive, Scope, Send
 from kontor.gateway.audit import AuditEvent, AuditLog
 from kontor.gateway.config import GatewaySettings, get_gateway_settings
 from kontor.gateway.db import GatewayDB
+from kontor.gateway.fastpath import FastPath, SessionInfo, owner_of
 from kontor.gateway.keys import KeyStore
 from kontor.gateway.proxy import Gateway
 from kontor.gateway.ratelimit import InMemoryBucketStorage, RateLimiter, allow_all
@@ -93,6 +95,7 @@ class Runtime:
         self.session_manager = StreamableHTTPSessionManager(
             self.gateway.server, security_settings=transport_security(settings),
             max_request_body_size=settings.max_body_bytes)
+        self.fast = FastPath(self.gateway, self.session_manager) if settings.fast_path else None
         self._tenants: dict[str, tuple[float, TenantAuth]] = {}
         self._session_tenants: dict[str, str] = {}
         self._scopes: dict[str, tuple[float, list[str]]] = {}
@@ -169,6 +172,14 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def _parse(body: bytes) -> Any:
+    """The POSTed JSON-RPC message(s); None when the body is not JSON (the SDK answers the parse error)."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
 def _replay(body: bytes, receive: Receive) -> Receive:
     sent = False
 
@@ -225,16 +236,32 @@ class McpEndpoint:
         if rt.session_of_other_tenant(session_id, tenant):
             await _json_error(404, "Session not found")(scope, receive, send)
             return
+        opening: SessionInfo | None = None
         if method == "POST":
             body = await _read_body(receive, rt.settings.max_body_bytes)
             if body is None:
                 await _json_error(413, f"request body larger than {rt.settings.max_body_bytes} bytes")(
                     scope, receive, send)
                 return
-            needed = await self._missing_scopes(body, principal)
+            message = _parse(body)
+            needed = await self._missing_scopes(message, principal)
             if needed:
                 await self._insufficient_scope(scope, receive, send, principal, needed)
                 return
+            fast = rt.fast
+            if fast is not None and session_id is not None:
+                if fast.take(scope, message, principal):
+                    await Response(status_code=202)(scope, receive, send)
+                    return
+                eligible = fast.eligible(scope, message, principal)
+                if eligible is not None:
+                    await fast.serve(scope, receive, send, message, principal, *eligible)
+                    return
+            if fast is not None and isinstance(message, dict) and message.get("method") == "initialize":
+                params = message.get("params")
+                capabilities = params.get("capabilities") if isinstance(params, dict) else None
+                opening = SessionInfo(tenant, owner_of(principal),
+                                      capabilities if isinstance(capabilities, dict) else {})
             receive = _replay(body, receive)
         scope["kontor.principal"] = principal
         scope["user"] = AuthenticatedUser(AccessToken(
@@ -246,11 +273,16 @@ class McpEndpoint:
             if message["type"] == "http.response.start":
                 for key, value in message.get("headers", []):
                     if key.lower() == b"mcp-session-id":
-                        rt.remember_session(value.decode("latin-1"), tenant)
+                        opened = value.decode("latin-1")
+                        rt.remember_session(opened, tenant)
+                        if opening is not None and rt.fast is not None and message.get("status") == 200:
+                            rt.fast.opened(opened, opening)
             await send(message)
 
         if method == "DELETE" and session_id is not None:
             rt.forget_session(session_id)
+            if rt.fast is not None:
+                rt.fast.closed(session_id)
 
         await rt.session_manager.handle_request(scope, receive, send_recording)
 
@@ -274,14 +306,8 @@ class McpEndpoint:
             return None
         return principal
 
-    async def _missing_scopes(self, body: bytes, principal: Principal) -> list[str]:
-        """Scopes a ``tools/call`` in ``body`` needs that the token lacks (empty: nothing to step up)."""
-        if b"tools/call" not in body:
-            return []
-        try:
-            message = json.loads(body)
-        except ValueError:
-            return []  # the SDK answers the parse error
+    async def _missing_scopes(self, message: Any, principal: Principal) -> list[str]:
+        """Scopes a ``tools/call`` in ``message`` needs that the token lacks (empty: nothing to step up)."""
         messages = message if isinstance(message, list) else [message]
         missing: set[str] = set()
         catalog = None

@@ -51,6 +51,9 @@ class GatewaySettings(BaseSettings):
     audit: bool = True
     #: FULL: every audit commit is fsynced (survives power loss); NORMAL: survives a killed process only.
     audit_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    #: Serve ``tools/call`` on open sessions without the SDK transport's per-request machinery
+    #: (:mod:`kontor.gateway.fastpath`); off: every request goes through the SDK (for comparison).
+    fast_path: bool = True
 
     @field_validator("public_origin")
     @classmethod

@@ -18,9 +18,10 @@ import time
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import anyio
 import httpcore
 import mcp_types as types
 from mcp.server.caching import CACHEABLE_METHODS, CacheHint
@@ -38,20 +39,64 @@ from kontor.gateway.resource_server import Principal
 from kontor.gateway.safehttp import SafeHttpClient, pinned_pool
 from kontor.gateway.scopes import read_scope, write_scope
 from kontor.gateway.tokens import TokenMinter
-from kontor.gateway.upstream import UpstreamError, UpstreamSession, UpstreamTimeout, UpstreamUnavailable
+from kontor.gateway.upstream import (
+    MessageHandler,
+    UpstreamError,
+    UpstreamSession,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("kontor.gateway")
 
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
+METHOD_NOT_FOUND = -32601
 UPSTREAM_UNAVAILABLE = -32002
 UPSTREAM_TIMEOUT = -32001
 FORBIDDEN = -32003
 DISCOVERY_PRINCIPAL = "kontor-gateway"
+UPSTREAM_KEEPALIVE_S = 4.0
 
 #: Server-to-client requests an upstream may send while handling a call, and the client capability each needs.
 RELAYED_REQUESTS = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
+
+
+#: Upstream notifications passed on to the caller while its request runs.
+RELAYED_NOTIFICATIONS = frozenset({"notifications/progress", "notifications/message"})
+
+
+def relay_handler(notify: Callable[[str, Any], Awaitable[None]], request: Callable[[str, Any], Awaitable[Any]],
+                  refusal: Callable[[str, str], str | None]) -> MessageHandler:
+    """The ``on_message`` relay of one upstream request, over whatever channel reaches the caller.
+
+    ``notify(method, params)`` passes a notification on; ``request(method, params)`` asks the caller and
+    returns its result (raising :class:`MCPError` for its error); ``refusal(capability, method)`` says
+    why the caller cannot take a server request (``None``: it can). A method the gateway does not
+    relay, or one the caller cannot take, is answered upstream with an error at once, never left hanging.
+    """
+
+    async def relay(message: dict[str, Any]) -> dict[str, Any] | None:
+        method = message.get("method")
+        params = message.get("params")
+        if "id" not in message:
+            if method in RELAYED_NOTIFICATIONS:
+                await notify(str(method), params)
+            return None
+        needed = RELAYED_REQUESTS.get(str(method))
+        if needed is None:
+            return {"error": {"code": METHOD_NOT_FOUND, "message": f"the gateway does not relay {method!r}"}}
+        reason = refusal(needed, str(method))
+        if reason is not None:
+            return {"error": {"code": METHOD_NOT_FOUND, "message": reason}}
+        try:
+            result = await request(str(method), params)
+        except MCPError as exc:
+            return {"error": {"code": exc.code, "message": exc.message, "data": exc.data}}
+        return {"result": result}
+
+    return relay
 
 
 def principal_of(ctx: ServerRequestContext[Any, Any]) -> Principal:
@@ -107,7 +152,11 @@ class Gateway:
             if pool is None:
                 # Vetted once (SSRF rules, DNS resolved), then pinned to those addresses.
                 target = await self.http.vet(url)
-                pool = self._pools[url] = pinned_pool(target, max_connections=256)
+                # Idle connections are dropped after 4 s: below the 5 s keep-alive of uvicorn and Node, so
+                # a call is never sent on a connection the server is closing (a ReadError, and a call that
+                # cannot safely be sent again).
+                pool = self._pools[url] = pinned_pool(target, max_connections=256,
+                                                      keepalive_expiry=UPSTREAM_KEEPALIVE_S)
             return pool
 
     def _token_provider(self, installation: Installation, subject: str, tenant: str, scopes: frozenset[str],
@@ -191,42 +240,35 @@ class Gateway:
         self._remember(ctx, principal.tenant)
         return principal, await self.catalogs.get(principal.tenant)
 
-    def _relay(self, ctx: ServerRequestContext[Any, Any]) -> Any:
+    def _relay(self, ctx: ServerRequestContext[Any, Any]) -> MessageHandler:
         """``on_message`` for an upstream request made on behalf of ``ctx``'s request."""
         outbound = ctx.session._request_outbound  # the request-scoped channel (its SSE stream)
         capabilities = ctx.session.client_capabilities
 
-        async def relay(message: dict[str, Any]) -> dict[str, Any] | None:
-            method = message.get("method")
-            params = message.get("params")
-            if "id" not in message:
-                if method in ("notifications/progress", "notifications/message"):
-                    await outbound.notify(method, params)
-                return None
-            needed = RELAYED_REQUESTS.get(str(method))
-            if needed is None:
-                return {"error": {"code": -32601, "message": f"the gateway does not relay {method!r}"}}
+        def refusal(needed: str, method: str) -> str | None:
             if capabilities is None or getattr(capabilities, needed, None) is None:
-                return {"error": {"code": -32601,
-                                  "message": f"the calling client does not support {needed} ({method})"}}
+                return f"the calling client does not support {needed} ({method})"
             if not outbound.can_send_request:
-                return {"error": {"code": -32601,
-                                  "message": f"the calling client cannot receive {method} on this connection"}}
-            try:
-                result = await outbound.send_raw_request(method, params, None)
-            except MCPError as exc:
-                return {"error": {"code": exc.code, "message": exc.message, "data": exc.data}}
-            return {"result": result}
+                return f"the calling client cannot receive {method} on this connection"
+            return None
 
-        return relay
+        async def request(method: str, params: Any) -> Any:
+            return await outbound.send_raw_request(method, params, None)
+
+        return relay_handler(outbound.notify, request, refusal)
 
     async def _forward(self, ctx: ServerRequestContext[Any, Any], principal: Principal, installation: Installation,
                        method: str, params: dict[str, Any], timeout_s: float | None) -> dict[str, Any]:
+        result = await self.forward(principal, installation, method, params, timeout_s, self._relay(ctx))
+        return self._complete(ctx, result)
+
+    async def forward(self, principal: Principal, installation: Installation, method: str, params: dict[str, Any],
+                      timeout_s: float | None, relay: MessageHandler | None) -> dict[str, Any]:
+        """Send one request upstream for ``principal``; upstream faults become :class:`MCPError`."""
         try:
             session = await self.session(installation, principal.tenant, principal.subject, principal.client_id,
                                          principal.scopes)
-            result = await session.request(method, params, on_message=self._relay(ctx), timeout_s=timeout_s)
-            return self._complete(ctx, result)
+            return await session.request(method, params, on_message=relay, timeout_s=timeout_s)
         except UpstreamError as exc:
             raise MCPError(exc.code, exc.message, exc.data) from None
         except UpstreamTimeout as exc:
@@ -310,10 +352,19 @@ class Gateway:
                            "tools")
 
     async def call_tool(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
-        started = time.perf_counter()
         principal = principal_of(ctx)
+        self._remember(ctx, principal.tenant)
+        return self._complete(ctx, await self.call(principal, self._params(ctx), self._relay(ctx)))
+
+    async def call(self, principal: Principal, raw: dict[str, Any], relay: MessageHandler | None) -> dict[str, Any]:
+        """A ``tools/call`` (params ``raw``) for ``principal``: scope check, upstream call, audit record.
+
+        Shared by the SDK handler and the endpoint's lean path (:mod:`kontor.gateway.fastpath`); raises
+        :class:`MCPError` for the caller to turn into a JSON-RPC error. The audit record is committed
+        before this returns or raises.
+        """
+        started = time.perf_counter()
         catalog = self.catalogs.cached(principal.tenant)
-        raw = self._params(ctx)
         name = str(raw.get("name", ""))
         entry = catalog.tools.get(name) if catalog is not None else None
         if entry is None:  # not cached yet, or a new tool: ask the servers again
@@ -328,12 +379,11 @@ class Gateway:
                                                    decision="denied", reason="unknown or not permitted tool",
                                                    **audit_base))
             raise MCPError(INVALID_PARAMS, f"unknown tool: {name[:100]!r}")
-        self._remember(ctx, principal.tenant)
         installation = catalog.servers[entry.server]
         upstream_params = {**raw, "name": entry.upstream_name}
         timeout = entry.timeout_s or self.settings.tool_call_timeout_s
         attributes = {"kontor.tenant": principal.tenant, "kontor.tool": name, "kontor.server": entry.server}
-        server_span = trace.get_current_span()  # the SDK's span for this request (continues the client's trace)
+        server_span = trace.get_current_span()  # the span of this request (continues the client's trace)
         server_span.set_attributes(attributes)
         trace_id = server_span.get_span_context().trace_id
         status = "ok"
@@ -344,18 +394,26 @@ class Gateway:
                     meta = dict(upstream_params.get("_meta") or {})
                     propagate.inject(meta)  # traceparent: the upstream's span becomes our child
                     upstream_params["_meta"] = meta
-                result = await self._forward(ctx, principal, installation, "tools/call", upstream_params, timeout)
+                result = await self.forward(principal, installation, "tools/call", upstream_params, timeout, relay)
             if result.get("isError"):
                 status = "error"
             return result
         except MCPError as exc:
             status = "timeout" if exc.code == UPSTREAM_TIMEOUT else "error"
             raise
+        except BaseException:
+            status = "cancelled"
+            raise
         finally:
-            await self._audit(AuditEvent.tool_call(
+            record = AuditEvent.tool_call(
                 arguments=arguments if isinstance(arguments, dict) else None, decision="allowed", status=status,
                 latency_ms=(time.perf_counter() - started) * 1000, upstream=entry.server,
-                trace_id=format(trace_id, "032x") if trace_id else None, **audit_base))
+                trace_id=format(trace_id, "032x") if trace_id else None, **audit_base)
+            if status == "cancelled":  # the caller went away or cancelled: still record the call
+                with anyio.CancelScope(shield=True):
+                    await self._audit(record)
+            else:
+                await self._audit(record)
 
     async def list_prompts(self, ctx: ServerRequestContext[Any, Any], params: Any) -> dict[str, Any]:
         principal, catalog = await self._catalog(ctx)
