@@ -11,6 +11,10 @@ Idempotent: run it before every start of the gateway (``kontor up`` does). It
 * adds the dev admin ``admin@demo.local`` with a random password generated once and kept in
   ``<data_root>/gateway/dev-login.txt`` (mode 0600), so every start can print the login.
 
+``kontor up`` also records the gateway's public origin in ``<data_root>/gateway/origin.txt``
+(:func:`write_gateway_origin`), so ``kontor token`` on the same data root mints tokens whose issuer
+and audience match the running gateway even when it was started with another ``--port``.
+
 The password file is written before the user is added, so a crash in between is repaired by
 the next run (which adds the user with the password from the file). If the user exists but the
 file is gone, the password is left alone; ``reset_dev_password`` sets a new one (and a new file).
@@ -36,6 +40,8 @@ log = logging.getLogger(__name__)
 DEMO_TENANT = "demo"
 DEV_ADMIN_EMAIL = "admin@demo.local"
 DEV_LOGIN_FILE = "dev-login.txt"
+#: Where ``kontor up`` records the public origin of the gateway it runs (one line, ``scheme://host:port``).
+ORIGIN_FILE = "origin.txt"
 #: First-party servers and their loopback ports (the same as ``kontor.cli.DEFAULT_PORTS``).
 FIRST_PARTY_PORTS: dict[str, int] = {"lakehouse": 8711, "ingest": 8712}
 ACTOR = "bootstrap"
@@ -108,6 +114,25 @@ def write_dev_login(path: Path, tenant: str, email: str, password: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_gateway_origin(data_dir: Path, origin: str) -> Path:
+    """Record ``origin`` as the public origin of the gateway running on this data root (atomically)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / ORIGIN_FILE
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(origin.strip() + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_gateway_origin(data_dir: Path) -> str | None:
+    """The origin :func:`write_gateway_origin` recorded, or None when there is none."""
+    try:
+        origin = (data_dir / ORIGIN_FILE).read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return origin or None
 
 
 def _new_password() -> str:

@@ -12,11 +12,20 @@ The supervisor knows nothing about Kontor: command lines, environments and healt
 injected (:func:`mesh_specs` builds the real ones), so the core is tested with tiny
 ``python -c`` children. Children run in their own session, so a Ctrl-C in the terminal reaches
 only the supervisor, which then stops them in order.
+
+A supervisor that dies without stopping its children (``kill -9``, the OOM killer, a crash) must
+not leave them behind holding their ports: on Linux each child asks the kernel for a signal
+(``parent_death_signal``, SIGKILL by default) when the supervisor goes away
+(``prctl(PR_SET_PDEATHSIG)``, set between fork and exec). The kernel sends it when the *thread*
+that started the child exits, so start children from a thread that lives as long as the
+supervisor (``kontor up`` does everything in its main thread). Elsewhere there is no such
+mechanism and the children outlive a killed supervisor, as before.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import logging
 import os
@@ -110,6 +119,7 @@ class Supervisor:
         stop_timeout_s: float = 10.0,
         poll_interval_s: float = 0.25,
         health_timeout_s: float = 1.0,
+        parent_death_signal: int | None = signal.SIGKILL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         names = [s.name for s in specs]
@@ -125,6 +135,8 @@ class Supervisor:
         self.stop_timeout_s = stop_timeout_s
         self.poll_interval_s = poll_interval_s
         self.health_timeout_s = health_timeout_s
+        #: Signal each child gets when the supervisor dies (Linux only; None: children outlive it).
+        self.parent_death_signal = parent_death_signal
         self._clock = clock
         self._stop = threading.Event()
         self._lock = threading.RLock()
@@ -254,7 +266,8 @@ class Supervisor:
         try:
             child.proc = subprocess.Popen(  # noqa: S603 - the command lines are the caller's
                 list(spec.argv), env=dict(spec.env) if spec.env is not None else None, cwd=spec.cwd,
-                stdin=subprocess.DEVNULL, stdout=_stdout_target(), start_new_session=True)
+                stdin=subprocess.DEVNULL, stdout=_stdout_target(), start_new_session=True,
+                preexec_fn=die_with_parent(self.parent_death_signal))
         except OSError as exc:
             log.error("cannot start %s: %s", spec.name, exc)
             child.proc = None
@@ -297,6 +310,38 @@ class Supervisor:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(sig: int | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child receive ``sig`` when this process dies (Linux), else None.
+
+    Everything that can fail (loading libc) happens here, in the parent; the function run in the
+    child between fork and exec only makes a few system calls. If the parent died before the
+    request took effect (the child was already re-parented), the child sends ``sig`` to itself
+    at once, so there is no window in which an orphan survives.
+    """
+    if sig is None or not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        log.warning("prctl is not available; children will outlive a killed supervisor")
+        return None
+    prctl.restype = ctypes.c_int
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    parent = os.getpid()
+    signum = int(sig)
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        if os.getppid() != parent:  # the supervisor is already gone
+            os.kill(os.getpid(), signum)
+            os._exit(128 + signum)  # a signal the forked copy of our handlers catches must not let it run on
+
+    return preexec
 
 
 def _stdout_target() -> int | None:

@@ -223,20 +223,46 @@ def claude_desktop_config(tenant: str, endpoint: str, data_root: Path, *, stdio:
     return {"mcpServers": servers}
 
 
+def _server_ports(values: list[str], *, gateway_port: int) -> dict[str, int]:
+    """First-party server name -> port: the defaults, overridden by ``--server-port NAME=PORT`` values."""
+    ports = {name: DEFAULT_PORTS[name] for name in FIRST_PARTY}
+    for value in values:
+        name, sep, number = value.partition("=")
+        name = name.strip()
+        if not sep or name not in ports:
+            raise typer.BadParameter(f"{value!r}: expected NAME=PORT with NAME one of {', '.join(ports)}",
+                                     param_hint="--server-port")
+        try:
+            ports[name] = int(number)
+        except ValueError:
+            raise typer.BadParameter(f"{value!r}: the port must be a number", param_hint="--server-port") from None
+        if not 1 <= ports[name] <= 65535:
+            raise typer.BadParameter(f"{value!r}: the port must be 1-65535", param_hint="--server-port")
+    taken = [gateway_port, *ports.values()]
+    if len(set(taken)) != len(taken):
+        raise typer.BadParameter(f"ports must differ: gateway {gateway_port}, "
+                                 + ", ".join(f"{n} {p}" for n, p in ports.items()), param_hint="--server-port")
+    return ports
+
+
 @app.command()
 def up(
     host: Annotated[str, typer.Option(help="address the gateway binds")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port of the gateway", min=1, max=65535)] = 8700,
     reset_dev_login: Annotated[bool, typer.Option(
         "--reset-dev-login", help="give the dev admin a new random password")] = False,
+    server_port: Annotated[list[str] | None, typer.Option(
+        "--server-port", metavar="NAME=PORT",
+        help="loopback port of a first-party server (repeatable; default lakehouse=8711, ingest=8712)")] = None,
 ) -> None:
     """Run the whole mesh: the gateway and every first-party server, supervised; prints how to connect."""
     import importlib.util
 
-    from kontor.gateway.bootstrap import DEMO_TENANT, run_bootstrap
+    from kontor.gateway.bootstrap import DEMO_TENANT, first_party_urls, run_bootstrap, write_gateway_origin
     from kontor.gateway.config import GatewaySettings
     from kontor.gateway.supervisor import Supervisor, mesh_specs
 
+    ports = _server_ports(server_port or [], gateway_port=port)
     settings = get_settings()
     configure_logging(settings.log_level)
     if importlib.util.find_spec("kontor.gateway.__main__") is None:
@@ -245,9 +271,9 @@ def up(
     env = {**os.environ, "KONTOR_DATA_ROOT": str(settings.data_root),
            "KONTOR_GATEWAY_HOST": host, "KONTOR_GATEWAY_PORT": str(port)}
     gateway = GatewaySettings(host=host, port=port)
-    result = run_bootstrap(gateway, reset_dev_password=reset_dev_login)
-    supervisor = Supervisor(mesh_specs(host=host, port=port, servers={n: DEFAULT_PORTS[n] for n in FIRST_PARTY},
-                                       issuer=gateway.internal_issuer, env=env))
+    result = run_bootstrap(gateway, servers=first_party_urls(ports=ports), reset_dev_password=reset_dev_login)
+    write_gateway_origin(gateway.data_dir, gateway.origin)  # `kontor token` mints for this gateway
+    supervisor = Supervisor(mesh_specs(host=host, port=port, servers=ports, issuer=gateway.internal_issuer, env=env))
     supervisor.install_signal_handlers()
     try:
         supervisor.start()
@@ -267,9 +293,8 @@ def up(
         elif login is not None:
             out.print(f"  dev login      {login.email}: password unknown ({login.file} is missing); "
                       "run `kontor up --reset-dev-login`", highlight=False)
-        for name in FIRST_PARTY:
-            out.print(f"  {name:14s} http://127.0.0.1:{DEFAULT_PORTS[name]}/mcp (gateway tokens only)",
-                      highlight=False)
+        for name, url in first_party_urls(ports=ports).items():
+            out.print(f"  {name:14s} {url} (gateway tokens only)", highlight=False)
         out.print("Claude Desktop (claude_desktop_config.json):")
         out.print_json(json.dumps(claude_desktop_config(DEMO_TENANT, endpoint, settings.data_root, stdio=False)))
         out.print("Ctrl-C stops everything.")
