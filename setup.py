@@ -35,6 +35,7 @@ PACKAGES, PACKAGE_DIR = _packages()
 setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
-    package_data={"": ["*.json", "*.txt", "*.html", "*.sql"]},
+    # The registry ships the MIT notice of its bundled server.json schema next to the schema.
+    package_data={"": ["*.json", "*.txt", "*.html", "*.sql"], "kontor.registry.schema": ["NOTICE.md"]},
     include_package_data=True,
 )

@@ -1,0 +1,1 @@
+"""The bundled ``server.json`` JSON Schema (MIT, from modelcontextprotocol/registry; see NOTICE.md)."""
