@@ -1,0 +1,78 @@
+"""LLM provider adapters for the host's agent loop: one neutral model of a streamed turn
+(:mod:`.base`), Anthropic (:mod:`.anthropic_provider`), any OpenAI-compatible endpoint such as
+vLLM, OpenAI or Ollama (:mod:`.openai_provider`), and per-tenant settings (:mod:`.config`).
+
+The SDK-backed adapters are imported lazily by :func:`provider_from_settings`, so importing
+this package stays cheap.
+"""
+
+from kontor.host.providers.base import (
+    AssistantMessage,
+    AuthenticationFailed,
+    BadRequest,
+    Completion,
+    Event,
+    Finish,
+    FinishReason,
+    Message,
+    Overloaded,
+    Provider,
+    ProviderConfigError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderProtocolError,
+    ProviderTimeout,
+    RateLimited,
+    RetryPolicy,
+    ServerError,
+    SystemMessage,
+    TextDelta,
+    ToolCall,
+    ToolCallComplete,
+    ToolCallDelta,
+    ToolCallInvalid,
+    ToolCallStarted,
+    ToolDefinition,
+    ToolResultMessage,
+    Usage,
+    UserMessage,
+    collect,
+    parse_tool_arguments,
+)
+from kontor.host.providers.config import ModelSettings, provider_from_settings
+
+__all__ = [
+    "AssistantMessage",
+    "AuthenticationFailed",
+    "BadRequest",
+    "Completion",
+    "Event",
+    "Finish",
+    "FinishReason",
+    "Message",
+    "ModelSettings",
+    "Overloaded",
+    "Provider",
+    "ProviderConfigError",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderProtocolError",
+    "ProviderTimeout",
+    "RateLimited",
+    "RetryPolicy",
+    "ServerError",
+    "SystemMessage",
+    "TextDelta",
+    "ToolCall",
+    "ToolCallComplete",
+    "ToolCallDelta",
+    "ToolCallInvalid",
+    "ToolCallStarted",
+    "ToolDefinition",
+    "ToolResultMessage",
+    "Usage",
+    "UserMessage",
+    "collect",
+    "parse_tool_arguments",
+    "provider_from_settings",
+]
