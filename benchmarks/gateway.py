@@ -582,15 +582,17 @@ class Setup:
 async def bench(setup: Setup, args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     cap = args.max_seconds or None
-    for label in LABELS if args.warmup else ():
+    labels = [label for label in LABELS if label in args.labels]
+    clients = [kind for kind in CLIENTS if kind in args.clients]
+    for label in labels if args.warmup else ():
         run = await measure(setup.targets[label], "raw", 1, 0, calls=GLOBAL_WARMUP)
         log(f"warm-up of {label}: {GLOBAL_WARMUP} calls, {run.errors} errors"
             + (f" (first: {run.first_error})" if run.first_error else ""))
     if not args.soak_only:
-        total = len(CLIENTS) * len(args.concurrency) * len(LABELS)
-        for kind in CLIENTS:
+        total = len(clients) * len(args.concurrency) * len(labels)
+        for kind in clients:
             for concurrency in args.concurrency:
-                for label in LABELS:
+                for label in labels:
                     log(f"[{len(rows) + 1}/{total}] {label} {kind} concurrency {concurrency}: "
                         f"{args.calls} calls (+{args.warmup} warm-up per worker)")
                     run = await measure(setup.targets[label], kind, concurrency, args.warmup, calls=args.calls,
@@ -686,15 +688,17 @@ def prepare(root: Path, args: argparse.Namespace, processes: list[Process]) -> S
         f"audit on, synchronous={args.audit_synchronous})")
     echo = start_process("echo", [sys.executable, str(HERE), "--serve-echo", str(echo_port)], env,
                          f"http://127.0.0.1:{echo_port}/health", logs, processes)
-    proxy = start_process("fastmcp", [sys.executable, str(HERE), "--serve-fastmcp", str(proxy_port), echo_url], env,
-                          f"http://127.0.0.1:{proxy_port}/health", logs, processes)
+    proxy = None
+    if "fastmcp" in args.labels:
+        proxy = start_process("fastmcp", [sys.executable, str(HERE), "--serve-fastmcp", str(proxy_port), echo_url],
+                              env, f"http://127.0.0.1:{proxy_port}/health", logs, processes)
     gw_env = child_env(root, KONTOR_GATEWAY_PORT=str(gw_port), KONTOR_GATEWAY_HOST="127.0.0.1",
                        KONTOR_GATEWAY_AUDIT="true", KONTOR_GATEWAY_AUDIT_SYNCHRONOUS=args.audit_synchronous,
                        KONTOR_GATEWAY_RATE_TENANT_PER_S=RATE_UNLIMITED, KONTOR_GATEWAY_RATE_TENANT_BURST=RATE_UNLIMITED,
                        KONTOR_GATEWAY_RATE_USER_PER_S=RATE_UNLIMITED, KONTOR_GATEWAY_RATE_USER_BURST=RATE_UNLIMITED)
     gateway = start_process("gateway", [sys.executable, "-m", "kontor.gateway", "serve", "--port", str(gw_port)],
                             gw_env, f"{settings.origin}/health", logs, processes)
-    wait_healthy([echo, proxy, gateway])
+    wait_healthy([p for p in (echo, proxy, gateway) if p is not None])
     workers = max([*args.concurrency, SOAK_CONCURRENCY])
     ttl = 4 * 3600 + int(args.soak_seconds or 0)
     tokens = [mint_token(settings, f"bench-user-{i}", ttl) for i in range(workers)]
@@ -721,13 +725,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              f"{QUICK_WARMUP} with --quick)")
     parser.add_argument("--concurrency", type=_levels, default=None,
                         help="comma-separated concurrency levels (default 1,8,32; 1,8 with --quick)")
+    parser.add_argument("--labels", type=lambda v: v.split(","), default=list(LABELS),
+                        help="comma-separated targets to measure (default direct,fastmcp,gateway; ratios need direct)")
+    parser.add_argument("--clients", type=lambda v: v.split(","), default=list(CLIENTS),
+                        help="comma-separated clients (default raw,sdk)")
     parser.add_argument("--quick", action="store_true", help="a small smoke run (about a minute)")
     parser.add_argument("--json", action="store_true", help="one JSON object per configuration per line on stdout")
     parser.add_argument("--soak-seconds", type=float, default=0.0,
                         help="then run the gateway at concurrency 8 (raw client) this long, reporting its RSS")
     parser.add_argument("--soak-only", action="store_true", help="with --soak-seconds: skip the configurations")
-    parser.add_argument("--audit-synchronous", choices=("FULL", "NORMAL"), default="FULL",
-                        help="the gateway's KONTOR_GATEWAY_AUDIT_SYNCHRONOUS (default FULL, the gateway's default)")
+    parser.add_argument("--audit-synchronous", choices=("FULL", "NORMAL"), default="NORMAL",
+                        help="the gateway's KONTOR_GATEWAY_AUDIT_SYNCHRONOUS (default NORMAL, the gateway's default)")
     parser.add_argument("--serve-echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--serve-fastmcp", nargs=2, metavar=("PORT", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -742,6 +750,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.calls < 1 or args.warmup < 0 or args.max_seconds < 0 or not args.concurrency \
             or min(args.concurrency) < 1:
         parser.error("--calls and the concurrency levels must be positive, --warmup and --max-seconds not negative")
+    if not set(args.labels) <= set(LABELS) or not set(args.clients) <= set(CLIENTS):
+        parser.error(f"--labels takes {','.join(LABELS)}; --clients takes {','.join(CLIENTS)}")
     if args.soak_only and not args.soak_seconds:
         parser.error("--soak-only needs --soak-seconds")
     return args

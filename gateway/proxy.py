@@ -36,7 +36,7 @@ from kontor.gateway.catalog import Catalog, CatalogBuilder, page
 from kontor.gateway.config import GatewaySettings
 from kontor.gateway.db import GatewayDB, Installation
 from kontor.gateway.resource_server import Principal
-from kontor.gateway.safehttp import SafeHttpClient, pinned_pool
+from kontor.gateway.safehttp import SafeHttpClient, VettedTarget, pinned_pool
 from kontor.gateway.scopes import read_scope, write_scope
 from kontor.gateway.tokens import TokenMinter
 from kontor.gateway.upstream import (
@@ -58,6 +58,7 @@ UPSTREAM_TIMEOUT = -32001
 FORBIDDEN = -32003
 DISCOVERY_PRINCIPAL = "kontor-gateway"
 UPSTREAM_KEEPALIVE_S = 4.0
+SESSION_MAX_CONNECTIONS = 64
 
 #: Server-to-client requests an upstream may send while handling a call, and the client capability each needs.
 RELAYED_REQUESTS = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
@@ -118,7 +119,7 @@ class Gateway:
         self.audit = audit
         self.http = http or SafeHttpClient(allow_http=settings.dev_mode, allow_private=settings.dev_mode)
         self.max_sessions = max_sessions
-        self._pools: dict[str, httpcore.AsyncConnectionPool] = {}
+        self._targets: dict[str, VettedTarget] = {}
         self._pool_lock = asyncio.Lock()
         self._sessions: OrderedDict[tuple[Any, ...], UpstreamSession] = OrderedDict()
         self._session_locks: dict[tuple[Any, ...], asyncio.Lock] = {}
@@ -135,29 +136,27 @@ class Gateway:
         sessions = list(self._sessions.values())
         self._sessions.clear()
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
-        for pool in self._pools.values():
-            with contextlib.suppress(Exception):
-                await pool.aclose()
-        self._pools.clear()
 
     # ----------------------------------------------------------------- upstream sessions
 
     async def _pool(self, installation: Installation) -> httpcore.AsyncConnectionPool:
+        """A new connection pool for one upstream session, pinned to the URL's vetted addresses.
+
+        The URL is vetted once (SSRF rules, DNS resolved) and the pool pinned to those addresses.
+        One pool per session, not per URL: httpcore's pool scans every connection it holds for each
+        request, so one shared pool under 32 concurrent callers spent a third of the gateway's time
+        there; a session's pool holds the few connections its own caller uses. Idle connections are
+        dropped after 4 s, below the 5 s keep-alive of uvicorn and Node, so a call is never sent on a
+        connection the server is closing (a ReadError, and a call that cannot safely be sent again).
+        """
         url = installation.upstream_url
-        pool = self._pools.get(url)
-        if pool is not None:
-            return pool
-        async with self._pool_lock:
-            pool = self._pools.get(url)
-            if pool is None:
-                # Vetted once (SSRF rules, DNS resolved), then pinned to those addresses.
-                target = await self.http.vet(url)
-                # Idle connections are dropped after 4 s: below the 5 s keep-alive of uvicorn and Node, so
-                # a call is never sent on a connection the server is closing (a ReadError, and a call that
-                # cannot safely be sent again).
-                pool = self._pools[url] = pinned_pool(target, max_connections=256,
-                                                      keepalive_expiry=UPSTREAM_KEEPALIVE_S)
-            return pool
+        target = self._targets.get(url)
+        if target is None:
+            async with self._pool_lock:
+                target = self._targets.get(url)
+                if target is None:
+                    target = self._targets[url] = await self.http.vet(url)
+        return pinned_pool(target, max_connections=SESSION_MAX_CONNECTIONS, keepalive_expiry=UPSTREAM_KEEPALIVE_S)
 
     def _token_provider(self, installation: Installation, subject: str, tenant: str, scopes: frozenset[str],
                         client_id: str | None) -> Any:
@@ -189,7 +188,7 @@ class Gateway:
                 installation.server, installation.upstream_url, pool,
                 self._token_provider(installation, subject, tenant, server_scopes, client_id),
                 on_standalone=self._on_standalone, max_message_bytes=self.settings.max_result_bytes,
-                connect_timeout_s=self.settings.discovery_timeout_s)
+                connect_timeout_s=self.settings.discovery_timeout_s, owns_pool=True)
             session.tenant = tenant  # type: ignore[attr-defined]
             await session.start()
             self._sessions[key] = session

@@ -94,10 +94,12 @@ class UpstreamSession:
         on_standalone: StandaloneHandler | None = None,
         max_message_bytes: int = 8 * 1024 * 1024,
         connect_timeout_s: float = 5.0,
+        owns_pool: bool = False,
     ) -> None:
         self.server = server
         self.url = url
         self._pool = pool
+        self._owns_pool = owns_pool  # close the pool with the session
         self._token = token
         self._client_name = client_name
         # We relay sampling, elicitation and roots for the calling client, so we offer them upstream;
@@ -148,6 +150,9 @@ class UpstreamSession:
             with contextlib.suppress(Exception), anyio.fail_after(2):
                 async with self._pool.stream("DELETE", self.url, headers=self._headers()) as response:
                     await response.aread()
+        if self._owns_pool:
+            with contextlib.suppress(Exception):
+                await self._pool.aclose()
 
     # ----------------------------------------------------------------- calls
 
