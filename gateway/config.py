@@ -49,8 +49,9 @@ class GatewaySettings(BaseSettings):
     rate_user_burst: float = 100.0
 
     audit: bool = True
-    #: FULL: every audit commit is fsynced (survives power loss); NORMAL: survives a killed process only.
-    audit_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    #: NORMAL: an answered call's record survives a killed gateway (kill -9); FULL: every audit commit
+    #: is also fsynced, so records survive a power cut too (about 0.4 ms more per commit).
+    audit_synchronous: Literal["FULL", "NORMAL"] = "NORMAL"
     #: Serve ``tools/call`` on open sessions without the SDK transport's per-request machinery
     #: (:mod:`kontor.gateway.fastpath`); off: every request goes through the SDK (for comparison).
     fast_path: bool = True

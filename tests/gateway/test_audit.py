@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,12 +326,15 @@ async def test_kill_9_loses_no_acknowledged_record(tmp_path: Path) -> None:
                                                 cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stdout is not None
     printed: list[int] = []
+    started: float | None = None
     async with asyncio.timeout(30):
-        while len(printed) < 400:
+        # enough records, and appending long enough for several anchors (interval 0.05 s) to be written
+        while len(printed) < 400 or started is None or time.monotonic() - started < 0.5:
             line = await proc.stdout.readline()
             if not line:
                 break
             printed.append(int(line))
+            started = started or time.monotonic()
     proc.send_signal(signal.SIGKILL)  # mid-stream: appends are in flight
     rest = await proc.stdout.read()
     assert await proc.wait() == -signal.SIGKILL
