@@ -197,6 +197,7 @@ class JobStore:
                 )
 
     async def request_cancel(self, job_id: str) -> str:
+        await self.init()  # a tenant without jobs yet has no table: the answer is "not found", not a DB error
         async with self._session() as session, session.begin():
             job = await session.get(JobRow, job_id)
             if job is None:
@@ -228,6 +229,7 @@ class JobStore:
             return list(rows)
 
     async def report(self, job_id: str, max_listed: int = 200) -> JobReport:
+        await self.init()
         async with self._session() as session:
             job = await session.get(JobRow, job_id)
             if job is None:
