@@ -47,6 +47,11 @@ class GatewaySettings(BaseSettings):
     rate_tenant_burst: float = 400.0
     rate_user_per_s: float = 50.0
     rate_user_burst: float = 100.0
+    #: Anonymous dynamic client registration (RFC 7591), per client address and per tenant.
+    rate_register_per_s: float = 0.2
+    rate_register_burst: float = 20.0
+    rate_register_tenant_per_s: float = 2.0
+    rate_register_tenant_burst: float = 200.0
 
     audit: bool = True
     #: NORMAL: an answered call's record survives a killed gateway (kill -9); FULL: every audit commit

@@ -57,6 +57,7 @@ from kontor.gateway.oauth.server import (
 )
 from kontor.gateway.oauth.store import OAuthStore, SessionRecord
 from kontor.gateway.oauth.tokens import AccessTokenGenerator, Principal
+from kontor.gateway.ratelimit import InMemoryBucketStorage, RateLimiter, allow_all
 from kontor.gateway.safehttp import SafeHttpClient
 from kontor.gateway.scopes import grant, role_scopes, supported_scopes
 from kontor.tenancy import InvalidTenant
@@ -158,6 +159,12 @@ class AuthServer:
             settings.data_dir / "keys" / "oauth", max_token_lifetime_s=max(settings.access_token_ttl_s, 1))
         self.http = http if http is not None else default_http_client(settings)
         self.store = OAuthStore(db)
+        # Registration is anonymous by design (RFC 7591): bounded per client address and per tenant,
+        # so nobody can fill the client table.
+        buckets = InMemoryBucketStorage()
+        self.register_limits = (
+            RateLimiter(buckets, settings.rate_register_per_s, settings.rate_register_burst),
+            RateLimiter(buckets, settings.rate_register_tenant_per_s, settings.rate_register_tenant_burst))
         self.clients = ClientResolver(self.store, settings, self.http)
         self.bridge = ThreadBridge()
         self._last_prune = -math.inf
@@ -465,6 +472,14 @@ class AuthServer:
             return _not_found()
         if request.method == "OPTIONS":
             return Response(status_code=204, headers=PREFLIGHT_HEADERS)
+        by_address, by_tenant = self.register_limits
+        address = request.client.host if request.client else "unknown"
+        decision = await allow_all([(by_address, f"register:{tenant.id}:{address}"),
+                                    (by_tenant, f"register:{tenant.id}")])
+        if not decision.allowed:
+            retry = str(max(1, math.ceil(decision.retry_after_s)))
+            return _oauth_error(429, "invalid_request", "too many client registrations; retry later",
+                                {**CORS_HEADERS, "Retry-After": retry})
         if _media_type(request) != "application/json":
             return _oauth_error(415, "invalid_request", "expected an application/json body", CORS_HEADERS)
         try:

@@ -67,3 +67,13 @@ async def test_malformed_and_oversized_bodies(client: httpx.AsyncClient) -> None
     assert (await client.post(f"/t/{TENANT}/oauth/register", data={"redirect_uris": REDIRECT})).status_code == 415
     big = await post(client, redirect_uris=[REDIRECT], client_uri="https://a.example/" + "x" * 40000)
     assert big.status_code == 413
+
+
+async def test_registration_is_rate_limited_per_client_address(client: httpx.AsyncClient) -> None:
+    statuses = [(await post(client, redirect_uris=[REDIRECT], token_endpoint_auth_method="none")).status_code
+                for _ in range(21)]
+    assert statuses[:20] == [201] * 20  # the burst
+    assert statuses[20] == 429
+    refused = await post(client, redirect_uris=[REDIRECT], token_endpoint_auth_method="none")
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert "too many client registrations" in refused.json()["error_description"]
