@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     chunk_overlap: int = 150
 
     # Where ingest_files may read from (besides object-store keys). Empty: only the tenant's raw/.
+    # "{tenant}" in a root is the caller's tenant; behind the gateway only such roots count.
     import_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
 
     # Lakehouse query limits.

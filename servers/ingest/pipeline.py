@@ -102,6 +102,25 @@ def expand_paths(paths: Iterable[Path]) -> tuple[list[ItemSpec], list[tuple[str,
     return specs, problems
 
 
+TENANT_PLACEHOLDER = "{tenant}"
+
+
+def tenant_import_roots(roots: Iterable[Path], tenant: str, *, shared_allowed: bool) -> list[Path]:
+    """The import roots one tenant may read: ``{tenant}`` in a root becomes the tenant's id.
+
+    Behind the gateway one server serves every tenant, so a root without the placeholder would be
+    readable by all of them: such roots count only when ``shared_allowed`` (a single-tenant server).
+    """
+    out: list[Path] = []
+    for root in roots:
+        text = str(root)
+        if TENANT_PLACEHOLDER in text:
+            out.append(Path(text.replace(TENANT_PLACEHOLDER, tenant)))
+        elif shared_allowed:
+            out.append(root)
+    return out
+
+
 def check_import_roots(paths: Iterable[str], roots: list[Path]) -> list[Path]:
     """Resolve each path and refuse any outside the configured import roots."""
     resolved_roots = [r.expanduser().resolve() for r in roots]
@@ -111,7 +130,8 @@ def check_import_roots(paths: Iterable[str], roots: list[Path]) -> list[Path]:
             raise PathNotAllowed(f"invalid path {p!r}")
         path = Path(p).expanduser().resolve()
         if not any(path == r or r in path.parents for r in resolved_roots):
-            allowed = ", ".join(str(r) for r in resolved_roots) or "none configured (KONTOR_IMPORT_ROOTS)"
+            allowed = ", ".join(str(r) for r in resolved_roots) or \
+                "none configured for this tenant (KONTOR_IMPORT_ROOTS; use {tenant} in a root behind the gateway)"
             raise PathNotAllowed(f"path {p!r} is outside the allowed import roots ({allowed})")
         out.append(path)
     return out

@@ -27,7 +27,13 @@ from kontor.auth import JwksSource, server_auth
 from kontor.servers.ingest.jobs import ItemSpec, JobNotFound, JobReport
 from kontor.servers.ingest.objectstore import InvalidKey
 from kontor.servers.ingest.parsepool import ParserPool
-from kontor.servers.ingest.pipeline import IngestService, PathNotAllowed, check_import_roots, expand_paths
+from kontor.servers.ingest.pipeline import (
+    IngestService,
+    PathNotAllowed,
+    check_import_roots,
+    expand_paths,
+    tenant_import_roots,
+)
 from kontor.settings import Limits, Settings
 from kontor.tenancy import validate_tenant
 
@@ -213,7 +219,7 @@ def build_server(settings: Settings, limits: Limits, *, jwks: JwksSource | None 
             raise ToolError(f"at most {MAX_PATHS_PER_CALL} entries in 'paths' and 'keys' together")
         service = runtime.service(tenant)
         try:
-            roots = settings.import_roots
+            roots = tenant_import_roots(settings.import_roots, tenant, shared_allowed=not settings.behind_gateway)
             resolved = check_import_roots(paths, roots) if paths else []
             specs, problems = expand_paths(resolved)
             if problems:
