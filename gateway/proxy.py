@@ -100,6 +100,26 @@ def relay_handler(notify: Callable[[str, Any], Awaitable[None]], request: Callab
     return relay
 
 
+#: ``_meta`` key by which a host (our web chat) reports the user's approval decision for a call.
+APPROVAL_META = "io.kontor/approval"
+APPROVING_DECISIONS = frozenset({"allow_once", "always"})
+REFUSING_DECISIONS = frozenset({"denied", "blocked"})
+
+
+def _approval(params: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(decision, reason) a host attached to a call, normalised; None when there is none or it is malformed."""
+    meta = params.get("_meta")
+    value = meta.get(APPROVAL_META) if isinstance(meta, Mapping) else None
+    if not isinstance(value, Mapping):
+        return None
+    decision = value.get("decision")
+    decision = "denied" if decision == "deny" else decision
+    if decision not in APPROVING_DECISIONS | REFUSING_DECISIONS:
+        return None
+    reason = value.get("reason")
+    return str(decision), (reason[:200] if isinstance(reason, str) else "")
+
+
 def principal_of(ctx: ServerRequestContext[Any, Any]) -> Principal:
     request = ctx.request
     principal = getattr(request, "scope", {}).get("kontor.principal") if request is not None else None
@@ -378,8 +398,17 @@ class Gateway:
                                                    decision="denied", reason="unknown or not permitted tool",
                                                    **audit_base))
             raise MCPError(INVALID_PARAMS, f"unknown tool: {name[:100]!r}")
+        approval = _approval(raw)
+        if approval is not None and approval[0] in REFUSING_DECISIONS:
+            # The user (or the tenant admin's rule) refused the call in the host: recorded here, never run.
+            await self._audit(AuditEvent.tool_call(
+                arguments=arguments if isinstance(arguments, dict) else None, decision="denied",
+                reason=f"{approval[0]} in the host: {approval[1]}", upstream=entry.server, **audit_base))
+            raise MCPError(FORBIDDEN, f"the call of {name[:100]!r} was {approval[0]} by the user; it was not run")
         installation = catalog.servers[entry.server]
         upstream_params = {**raw, "name": entry.upstream_name}
+        if approval is not None:  # the host's bookkeeping is the gateway's, not the server's
+            upstream_params["_meta"] = {k: v for k, v in (raw.get("_meta") or {}).items() if k != APPROVAL_META}
         timeout = entry.timeout_s or self.settings.tool_call_timeout_s
         attributes = {"kontor.tenant": principal.tenant, "kontor.tool": name, "kontor.server": entry.server}
         server_span = trace.get_current_span()  # the span of this request (continues the client's trace)
@@ -406,6 +435,7 @@ class Gateway:
         finally:
             record = AuditEvent.tool_call(
                 arguments=arguments if isinstance(arguments, dict) else None, decision="allowed", status=status,
+                reason=f"{approval[0]} by the user in the host" if approval is not None else None,
                 latency_ms=(time.perf_counter() - started) * 1000, upstream=entry.server,
                 trace_id=format(trace_id, "032x") if trace_id else None, **audit_base)
             if status == "cancelled":  # the caller went away or cancelled: still record the call

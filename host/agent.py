@@ -68,6 +68,8 @@ from kontor.host.providers import (
 from kontor.host.providers import TextDelta as ProviderTextDelta
 from kontor.host.providers import Usage as ProviderUsage
 
+#: ``_meta`` key with the user's decision on a call; the gateway audits it (and runs no refused call).
+APPROVAL_META = "io.kontor/approval"
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -620,6 +622,15 @@ class _Turn:
                                                  content="The user stopped this call before it finished."))
         return results
 
+    async def record_refusal(self, tool: str, arguments: dict[str, Any], decision: str, reason: str) -> None:
+        """Let the gateway audit a refused call: it records the decision and never runs the tool."""
+        try:
+            await self.session.call_tool(tool, arguments, timeout_s=10,
+                                         meta={APPROVAL_META: {"decision": decision, "reason": reason}})
+        except Exception as exc:  # the gateway answers with an error by design; anything else is logged
+            if "was not run" not in str(exc):
+                log.warning("could not record the %s call of %s at the gateway: %s", decision, tool, exc)
+
     async def execute(self, call: ToolCallComplete | ToolCallInvalid, *,
                       label: str = "source") -> ToolResultMessage:
         """One tool call: approval, the call through the gateway, its events and its result for the model."""
@@ -644,15 +655,17 @@ class _Turn:
         try:
             verdict = await self.agent.policy.check(info)
             if verdict.action == "blocked":
+                await self.record_refusal(call.name, arguments, "blocked", verdict.reason)
                 return refuse("denied", verdict.reason, f"The call was not run: {verdict.reason}.")
             meta: dict[str, Any] | None = None
             if verdict.action == "ask":
                 decision = await self.ask(call, info, arguments, verdict)
                 if decision == "deny":
+                    await self.record_refusal(call.name, arguments, "denied", verdict.reason)
                     return refuse("denied", "the user denied this call",
                                   f"The user denied this call of {call.name}; it was not run. Do not call it "
                                   "again unless the user asks you to.")
-                meta = {"io.kontor/approval": {"decision": decision, "reason": verdict.reason}}
+                meta = {APPROVAL_META: {"decision": decision, "reason": verdict.reason}}
 
             async def progress(value: float, total: float | None, message: str | None) -> None:
                 self.emit(ToolProgress(call.id, value, total, message))

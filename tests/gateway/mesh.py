@@ -124,6 +124,7 @@ def mesh(root: Path, **gateway_env: str) -> Iterator[Mesh]:
     env.update(gateway_env)
     settings = GatewaySettings(port=port, **{k.removeprefix("KONTOR_GATEWAY_").lower(): v
                                              for k, v in gateway_env.items() if k.startswith("KONTOR_GATEWAY_")})
+    previous = os.environ.get("KONTOR_DATA_ROOT")
     os.environ["KONTOR_DATA_ROOT"] = str(root)  # GatewaySettings.data_dir reads the core settings
     from kontor.settings import get_settings
 
@@ -133,3 +134,9 @@ def mesh(root: Path, **gateway_env: str) -> Iterator[Mesh]:
         yield m
     finally:
         m.stop()
+        # a mesh made inside another (a test beside a module-wide mesh) must not leave its data root behind
+        if previous is None:
+            os.environ.pop("KONTOR_DATA_ROOT", None)
+        else:
+            os.environ["KONTOR_DATA_ROOT"] = previous
+        get_settings.cache_clear()

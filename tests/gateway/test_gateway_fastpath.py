@@ -202,3 +202,16 @@ async def test_sdk_client_works_the_same_with_the_lean_path_off(tmp_path: Path) 
         async with m.client("acme", m.token("acme", scopes=ALL), sampling_callback=sample) as client:
             result = await client.call_tool("fix__ask_model", {"question": "2+2?"})
         assert result.content[0].text == "model said: 4"
+
+
+async def test_the_hosts_approval_decisions_are_audited_and_a_refused_call_never_runs(gw: Mesh) -> None:
+    async with RawSession(gw, gw.token("acme", "approver", ALL)) as s:
+        approval = {"io.kontor/approval": {"decision": "allow_once", "reason": "writes"}}
+        ran = (await s.post(s.call(1, "fix__write_note", {"text": "yes"}, _meta=approval))).json()
+        refusal = {"io.kontor/approval": {"decision": "deny", "reason": "writes"}}
+        refused = (await s.post(s.call(2, "fix__write_note", {"text": "no"}, _meta=refusal))).json()
+    assert "result" in ran and not ran["result"].get("isError")
+    assert refused["error"]["code"] == -32003 and "was not run" in refused["error"]["message"]
+    records = await _audit_records(gw, "approver")
+    assert [(r.decision, r.status, r.reason) for r in sorted(records, key=lambda r: r.seq)] == [
+        ("allowed", "ok", "allow_once by the user in the host"), ("denied", None, "denied in the host: writes")]

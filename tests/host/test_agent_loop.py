@@ -187,10 +187,10 @@ async def test_a_write_tool_waits_for_approval_and_always_is_remembered(env: Env
         assert of(events, ApprovalDecided)[0].decision == "always"
         assert of(events, ToolCallFinished)[0].status == "ok"
         assert result_text(tool_results(server.requests[1])["w1"]) == f"stored: {note}"
-        assert env.proxy.wait_for(note.encode())  # it reached the upstream, with the user's decision in _meta
+        assert env.proxy.wait_for(note.encode())  # it reached the upstream; the gateway audited the decision
         call = next(m["params"] for m in env.proxy.messages()
                     if m.get("method") == "tools/call" and m["params"].get("arguments") == {"text": note})
-        assert call["_meta"]["io.kontor/approval"]["decision"] == "always"
+        assert "io.kontor/approval" not in (call.get("_meta") or {})  # the host's bookkeeping stays at the gateway
         assert await store.list_user_decisions(TENANT, "user-1") == {"fix__write_note": "always"}
 
         # "always": the next call runs without asking
