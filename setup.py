@@ -36,6 +36,8 @@ setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
     # The registry ships the MIT notice of its bundled server.json schema next to the schema.
-    package_data={"": ["*.json", "*.txt", "*.html", "*.sql"], "kontor.registry.schema": ["NOTICE.md"]},
+    package_data={"": ["*.json", "*.txt", "*.html", "*.sql"], "kontor.registry.schema": ["NOTICE.md"],
+                  # Alembic's template for new revisions (the revisions themselves are modules).
+                  "kontor.registry.migrations": ["script.py.mako"]},
     include_package_data=True,
 )

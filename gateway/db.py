@@ -83,6 +83,7 @@ __all__ = [
     "PinCheck",
     "PinState",
     "Role",
+    "SERVED_STATES",
     "Tenant",
     "TenantRow",
     "ToolPin",
@@ -160,6 +161,10 @@ class InstallationState(StrEnum):
     disabled = "disabled"
     uninstalled = "uninstalled"
     needs_reapproval = "needs_reapproval"
+
+
+#: Installation states the gateway serves (:meth:`GatewayDB.list_enabled`).
+SERVED_STATES = (InstallationState.enabled, InstallationState.needs_reapproval)
 
 
 class PinState(StrEnum):
@@ -897,11 +902,16 @@ class GatewayDB:
         return _installation(row) if row is not None else None
 
     async def list_enabled(self, tenant: str) -> list[Installation]:
-        """The tenant's enabled installations, ordered by server name."""
+        """The tenant's served installations (:data:`SERVED_STATES`), ordered by server name.
+
+        An installation in ``needs_reapproval`` is still served: its drifted tools are withheld by
+        their pins (:meth:`check_tools`), the rest of its tools stay available.
+        """
         async with self._sessions() as session:
             await self._tenant_row(session, tenant)
             rows = (await session.scalars(select(InstallationRow).where(
-                InstallationRow.tenant_id == tenant, InstallationRow.state == InstallationState.enabled.value,
+                InstallationRow.tenant_id == tenant,
+                InstallationRow.state.in_([s.value for s in SERVED_STATES]),
             ).order_by(InstallationRow.server))).all()
         return [_installation(r) for r in rows]
 
