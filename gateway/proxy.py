@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import warnings
 import weakref
@@ -118,6 +119,33 @@ def _approval(params: Mapping[str, Any]) -> tuple[str, str] | None:
         return None
     reason = value.get("reason")
     return str(decision), (reason[:200] if isinstance(reason, str) else "")
+
+
+def _pausing(relay: MessageHandler | None, deadline: anyio.CancelScope) -> MessageHandler | None:
+    """``relay``, with the ``deadline`` stopped while server-to-client requests wait for the caller.
+
+    The clock stops when the first such request starts (the deadline goes to infinity) and runs on
+    with the time that was left when the last one is answered.
+    """
+    if relay is None:
+        return None
+    state = {"waiting": 0, "left": 0.0}
+
+    async def on_message(message: dict[str, Any]) -> Any:
+        if "id" not in message:
+            return await relay(message)
+        if state["waiting"] == 0:
+            state["left"] = deadline.deadline - anyio.current_time()
+            deadline.deadline = math.inf
+        state["waiting"] += 1
+        try:
+            return await relay(message)
+        finally:
+            state["waiting"] -= 1
+            if state["waiting"] == 0:
+                deadline.deadline = anyio.current_time() + max(state["left"], 0.0)
+
+    return on_message
 
 
 def principal_of(ctx: ServerRequestContext[Any, Any]) -> Principal:
@@ -283,11 +311,21 @@ class Gateway:
 
     async def forward(self, principal: Principal, installation: Installation, method: str, params: dict[str, Any],
                       timeout_s: float | None, relay: MessageHandler | None) -> dict[str, Any]:
-        """Send one request upstream for ``principal``; upstream faults become :class:`MCPError`."""
+        """Send one request upstream for ``principal``; upstream faults become :class:`MCPError`.
+
+        ``timeout_s`` bounds the upstream's own time: while a relayed sampling or elicitation request
+        waits for the user, the clock stops (the deadline moves by the time the user took).
+        """
         try:
             session = await self.session(installation, principal.tenant, principal.subject, principal.client_id,
                                          principal.scopes)
-            return await session.request(method, params, on_message=relay, timeout_s=timeout_s)
+            if timeout_s is None:
+                return await session.request(method, params, on_message=relay)
+            with anyio.CancelScope(deadline=anyio.current_time() + timeout_s) as deadline:
+                result = await session.request(method, params, on_message=_pausing(relay, deadline))
+            if deadline.cancelled_caught:
+                raise UpstreamTimeout(f"{installation.server} did not answer {method} within {timeout_s:g} s")
+            return result
         except UpstreamError as exc:
             raise MCPError(exc.code, exc.message, exc.data) from None
         except UpstreamTimeout as exc:

@@ -193,6 +193,16 @@ async def test_sampling_and_elicitation_are_relayed_to_the_client(gw: Mesh) -> N
         assert "accept" in confirmed.content[0].text and "True" in confirmed.content[0].text
 
 
+async def test_time_the_user_spends_on_a_form_does_not_count_against_the_tool_timeout(gw: Mesh) -> None:
+    async def slow_user(ctx: object, params: types.ElicitRequestParams) -> types.ElicitResult:
+        await asyncio.sleep(5)  # longer than the gateway's tool-call timeout in this module (4 s)
+        return types.ElicitResult(action="accept", content={"ok": True})
+
+    async with gw.client("acme", gw.token("acme", scopes=ALL), elicitation_callback=slow_user) as client:
+        confirmed = await client.call_tool("fix__confirm", {})
+    assert not confirmed.is_error and "accept" in confirmed.content[0].text
+
+
 async def test_client_without_sampling_gets_a_clear_error_not_a_hang(gw: Mesh) -> None:
     async with gw.client("acme", gw.token("acme", scopes=ALL)) as client:
         with pytest.raises(MCPError, match="does not support sampling"):
