@@ -1,9 +1,18 @@
-"""MCP server ``lakehouse``: hybrid search, documents, read-only SQL and statistics.
+"""MCP server ``lakehouse``: hybrid search, documents, read-only SQL, statistics and interactions.
 
 The tenant comes from :class:`kontor.auth.ServerAuth`: behind the gateway only from the request's
 verified internal token, standalone from the configured tenant context; never from a tool argument.
-Every tool is read-only; blocking work (LanceDB, Delta, DuckDB, the embedding model) runs in worker threads so the
-event loop stays responsive.
+The search, document, SQL and statistics tools are read-only. Blocking work (LanceDB, Delta,
+DuckDB, the embedding model) runs in worker threads so the event loop stays responsive.
+
+**Interactions** (only behind the gateway, where a verified user exists): ``record_interaction``,
+``set_interaction_feedback``, ``list_my_interactions`` and ``delete_my_interactions`` keep the
+questions, answers, tools used, cited passages and feedback of the host's chats in the tenant's
+``interactions`` table, the training data of the tenant's model. The user of a row is ALWAYS the
+verified token's subject, never an argument: each user records, sees, rates and deletes only
+their own rows, and ``query_table`` shows each caller only their own interactions. The four tools
+declare the custom scope ``interactions`` (``_meta["io.kontor/scope"]``), so the gateway lets
+only tokens with ``lakehouse:interactions`` see and call them.
 """
 
 # No ``from __future__ import annotations`` here: the tool signatures carry limits taken from
@@ -20,13 +29,23 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
-from kontor.auth import JwksSource, server_auth
+from kontor.auth import JwksSource, NoVerifiedToken, server_auth, verified_token_from_request
 from kontor.paths import TenantPaths
 from kontor.servers.lakehouse.embeddings import Embedder, EmbeddingModelError, get_embedder
 from kontor.servers.lakehouse.records import SearchHit
 from kontor.servers.lakehouse.store import (
     DOCUMENTS_SCHEMA,
+    INTERACTION_ID_PATTERN,
     INTERACTIONS_SCHEMA,
+    MAX_ANSWER_CHARS,
+    MAX_CITATIONS,
+    MAX_COMMENT_CHARS,
+    MAX_CURSOR_CHARS,
+    MAX_DELETE_IDS,
+    MAX_INTERACTION_TOOLS,
+    MAX_INTERACTIONS_PAGE,
+    MAX_QUESTION_CHARS,
+    MAX_TOOL_NAME_CHARS,
     PRODUCTS_SCHEMA,
     LakehouseError,
     LakehouseStore,
@@ -42,6 +61,11 @@ _DOCUMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,255}$")
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
                             open_world_hint=False)
+#: the custom scope of the interactions tools (the gateway requires ``lakehouse:interactions``)
+INTERACTIONS_SCOPE = "interactions"
+INTERACTIONS_META = {"io.kontor/scope": INTERACTIONS_SCOPE}
+INTERACTION_TOOLS = ("record_interaction", "set_interaction_feedback", "list_my_interactions",
+                     "delete_my_interactions")
 
 
 # -- output models ----------------------------------------------------------------------------
@@ -160,6 +184,64 @@ class StatsResponse(BaseModel):
     vocabulary_words: int
 
 
+InteractionId = Annotated[str, Field(min_length=1, max_length=128, pattern=INTERACTION_ID_PATTERN,
+                                     description="an interaction id (from record_interaction or list_my_interactions)")]
+OptionalRef = Annotated[str | None, Field(max_length=128, pattern=INTERACTION_ID_PATTERN)]
+
+
+class CitedPassage(BaseModel):
+    """A passage the answer cited (as search returned it); unknown keys, e.g. the passage text, are dropped."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    document_id: str = Field(min_length=1, max_length=256)
+    title: str | None = Field(None, max_length=500)
+    source: str | None = Field(None, max_length=1000)
+    page: int | None = Field(None, ge=0)
+    sheet: str | None = Field(None, max_length=200)
+    section: str | None = Field(None, max_length=1000)
+    char_start: int | None = Field(None, ge=0)
+    char_end: int | None = Field(None, ge=0)
+    chunk_id: str | None = Field(None, max_length=256)
+    number: int | None = Field(None, ge=0, le=10_000, description="the [n] the answer cites it by")
+    score: float | None = None
+
+
+class RecordedInteraction(BaseModel):
+    id: str
+    ts: str
+    created: bool = Field(description="false when this message had been recorded before (nothing was written)")
+
+
+class InteractionFeedback(BaseModel):
+    id: str
+    feedback: int | None
+    comment: str | None
+
+
+class RecordedItem(BaseModel):
+    id: str
+    ts: str | None
+    question: str
+    answer: str
+    tools: list[Any]
+    citations: list[Any]
+    feedback: int | None
+    comment: str | None
+    conversation_id: str | None
+    message_id: str | None
+
+
+class InteractionPage(BaseModel):
+    interactions: list[RecordedItem]
+    total: int = Field(description="how many interactions of the caller are recorded")
+    next_cursor: str | None = Field(description="pass as cursor for the next (older) page; null on the last page")
+
+
+class DeletedInteractions(BaseModel):
+    deleted: int
+
+
 # -- service ----------------------------------------------------------------------------------
 
 class LakehouseService:
@@ -208,6 +290,15 @@ def _tenant_of(source: Callable[[], str]) -> Callable[[], str]:
             raise ToolError("no tenant is set for this request; the server must run for a tenant") from None
 
     return tenant
+
+
+def _subject() -> str:
+    """The verified user of this request (the internal token's subject); a tool error without one."""
+    try:
+        return verified_token_from_request().subject
+    except NoVerifiedToken:
+        raise ToolError("interactions are recorded per user: this needs a verified user (run behind the "
+                        "gateway)") from None
 
 
 async def _run(fn: Any, *args: Any) -> Any:
@@ -345,7 +436,7 @@ def build_server(settings: Settings, *, jwks: JwksSource | None = None) -> MCPSe
         description=(
             "Run one read-only SQL SELECT (DuckDB dialect) over the tenant's tables. "
             f"documents({_columns(DOCUMENTS_SCHEMA)}); products({_columns(PRODUCTS_SCHEMA)}); "
-            f"interactions({_columns(INTERACTIONS_SCHEMA)}). "
+            f"interactions({_columns(INTERACTIONS_SCHEMA)}; behind the gateway only the caller's own rows). "
             f"At most {settings.sql_max_rows} rows are returned (truncated=true when more matched); queries "
             f"stop after {settings.sql_timeout_seconds:g} s. Files, other databases and settings are off limits."
         ),
@@ -356,8 +447,10 @@ def build_server(settings: Settings, *, jwks: JwksSource | None = None) -> MCPSe
         sql: Annotated[str, Field(min_length=1, max_length=20_000, description="one SELECT statement")],
     ) -> TableResult:
         tenant = _tenant()
+        # Behind the gateway a caller sees only their own interactions (other users' questions are theirs).
+        user = _subject() if auth.behind_gateway else None
         result = await _run(lambda: service.store(tenant).query_sql(
-            sql, settings.sql_max_rows, settings.sql_timeout_seconds))
+            sql, settings.sql_max_rows, settings.sql_timeout_seconds, interactions_user=user))
         return TableResult(max_rows=settings.sql_max_rows, **result)
 
     @server.tool(
@@ -405,4 +498,113 @@ def build_server(settings: Settings, *, jwks: JwksSource | None = None) -> MCPSe
             header.append(f"parent_id: {doc.parent_id}")
         return "\n".join(header) + "\n---\n" + doc.text
 
+    if auth.behind_gateway:  # standalone there is no verified user to record interactions for
+        _interaction_tools(server, service, _tenant)
     return server
+
+
+def _interaction_tools(server: MCPServer, service: LakehouseService, tenant_of: Callable[[], str]) -> None:
+    """The four interactions tools (scope ``lakehouse:interactions``; the user is always the token's subject)."""
+
+    @server.tool(
+        name="record_interaction",
+        title="Record a question and its answer",
+        description=(
+            "Record one question of the calling user, the answer given, the tools used and the passages cited, in "
+            "the tenant's interactions table (training data for the tenant's model). The user is the caller, never "
+            "an argument. Pass conversation_id and message_id to make a retry safe: the same message is recorded "
+            "once. Returns the interaction id, which set_interaction_feedback takes."
+        ),
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
+                                    open_world_hint=False),
+        meta=INTERACTIONS_META,
+        structured_output=True,
+    )
+    async def record_interaction(
+        question: Annotated[str, Field(min_length=1, max_length=MAX_QUESTION_CHARS, description="the user's question")],
+        answer: Annotated[str, Field(max_length=MAX_ANSWER_CHARS, description="the answer as shown to the user")],
+        tools: Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_TOOL_NAME_CHARS)]],
+                         Field(max_length=MAX_INTERACTION_TOOLS, description="names of the tools used for the answer")],
+        citations: Annotated[list[CitedPassage] | None,
+                             Field(max_length=MAX_CITATIONS, description="the passages the answer cites")] = None,
+        conversation_id: Annotated[OptionalRef, Field(description="the host's conversation id")] = None,
+        message_id: Annotated[OptionalRef, Field(description="the host's id of the answer message")] = None,
+    ) -> RecordedInteraction:
+        if not question.strip():
+            raise ToolError("question must not be blank")
+        user, tenant = _subject(), tenant_of()
+        cited = [c.model_dump(exclude_none=True) for c in citations or []]
+        interaction_id, created, when = await _run(lambda: service.store(tenant).record_interaction_once(
+            question, answer, user=user, tools=list(tools), citations=cited, conversation_id=conversation_id,
+            message_id=message_id))
+        return RecordedInteraction(id=interaction_id, ts=when.isoformat(), created=created)
+
+    @server.tool(
+        name="set_interaction_feedback",
+        title="Rate a recorded answer",
+        description=(
+            "Set the calling user's feedback on one of their recorded interactions: -1 bad, 0 neutral, 1 good, "
+            "with an optional comment (replaces earlier feedback). Only the caller's own interactions can be rated."
+        ),
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True,
+                                    open_world_hint=False),
+        meta=INTERACTIONS_META,
+        structured_output=True,
+    )
+    async def set_interaction_feedback(
+        interaction_id: InteractionId,
+        feedback: Annotated[Literal[-1, 0, 1], Field(description="-1 bad, 0 neutral, 1 good")],
+        comment: Annotated[str | None, Field(max_length=MAX_COMMENT_CHARS, description="optional comment")] = None,
+    ) -> InteractionFeedback:
+        user, tenant = _subject(), tenant_of()
+        text = comment if comment and comment.strip() else None
+        found = await _run(lambda: service.store(tenant).set_interaction_feedback(user, interaction_id, feedback, text))
+        if not found:
+            raise ToolError(f"no interaction {interaction_id!r} of yours is recorded")
+        return InteractionFeedback(id=interaction_id, feedback=feedback, comment=text)
+
+    @server.tool(
+        name="list_my_interactions",
+        title="List my recorded interactions",
+        description=(
+            "Page through what is recorded about the calling user: their questions, the answers, tools, cited "
+            "passages and feedback, newest first. Other users' interactions are never shown."
+        ),
+        annotations=READ_ONLY,
+        meta=INTERACTIONS_META,
+        structured_output=True,
+    )
+    async def list_my_interactions(
+        limit: Annotated[int, Field(ge=1, le=MAX_INTERACTIONS_PAGE,
+                                    description=f"page size, 1-{MAX_INTERACTIONS_PAGE}")] = 20,
+        cursor: Annotated[str | None, Field(max_length=MAX_CURSOR_CHARS,
+                                            description="next_cursor of the previous page")] = None,
+    ) -> InteractionPage:
+        user, tenant = _subject(), tenant_of()
+        rows, total, next_cursor = await _run(lambda: service.store(tenant).list_interactions(user, limit, cursor))
+        return InteractionPage(interactions=[RecordedItem(**row) for row in rows], total=total,
+                               next_cursor=next_cursor)
+
+    @server.tool(
+        name="delete_my_interactions",
+        title="Delete my recorded interactions",
+        description=(
+            "Delete interactions recorded about the calling user: the given ids (ids of other users' interactions "
+            "are ignored), or all of them with all=true. The rows are removed from the table and from its older "
+            "versions on disk. Returns how many were deleted."
+        ),
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True,
+                                    open_world_hint=False),
+        meta=INTERACTIONS_META,
+        structured_output=True,
+    )
+    async def delete_my_interactions(
+        ids: Annotated[list[InteractionId] | None,
+                       Field(max_length=MAX_DELETE_IDS, description="interaction ids to delete")] = None,
+        all: Annotated[bool, Field(description="delete every interaction recorded about you")] = False,
+    ) -> DeletedInteractions:
+        if all == (ids is not None):
+            raise ToolError("pass either ids (a list of interaction ids) or all=true, not both or neither")
+        user, tenant = _subject(), tenant_of()
+        deleted = await _run(lambda: service.store(tenant).delete_interactions(user, None if all else list(ids or [])))
+        return DeletedInteractions(deleted=deleted)

@@ -7,7 +7,8 @@ Layout under a tenant's :class:`~kontor.paths.TenantPaths`::
     lance/vocabulary.json    tenant vocabulary for the German decompounder
     delta/documents          one row per document (the commit marker of a write)
     delta/products           product rows extracted from catalogues
-    delta/interactions       questions, answers and feedback recorded by the host
+    delta/interactions       questions, answers and feedback recorded by the host (one row per
+                             answer; each user sees, rates and deletes only their own rows)
 
 Writes are batched (one Lance delete + add, one Delta transaction per table per batch) and
 ordered so the ``documents`` row is written last: a crash mid-batch leaves documents without a
@@ -17,10 +18,13 @@ inserts, so re-doing yields exactly the same rows.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import datetime as dt
 import decimal
 import json
+import logging
 import math
 import os
 import re
@@ -39,6 +43,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
+from deltalake import Field as DeltaField
+from deltalake.exceptions import CommitFailedError
 from lancedb.index import FTS, BTree, IvfSq
 from lancedb.query import FullTextQuery, MatchQuery
 
@@ -58,6 +64,8 @@ from kontor.servers.lakehouse.analysis import (
 )
 from kontor.servers.lakehouse.embeddings import EmbeddingSpec, model_languages
 from kontor.servers.lakehouse.records import ChunkRecord, DocumentRecord, ProductRecord, SearchHit
+
+log = logging.getLogger(__name__)
 
 SearchMode = Literal["hybrid", "vector", "keyword"]
 SEARCH_MODES: tuple[str, ...] = ("hybrid", "vector", "keyword")
@@ -184,8 +192,36 @@ INTERACTIONS_SCHEMA = pa.schema(
         pa.field("tools_json", pa.string()),
         pa.field("feedback", pa.int8()),  # -1 bad, 0 neutral, +1 good, NULL none
         pa.field("comment", pa.string()),
+        # Added later: tables made before get them (NULL in old rows) when a store opens them.
+        pa.field("conversation_id", pa.string()),
+        pa.field("message_id", pa.string()),
+        pa.field("citations_json", pa.string()),
     ]
 )
+#: Delta table properties set on each table (and on older tables when a store opens them). The
+#: interactions table keeps file statistics (min/max values, written into the transaction log)
+#: only of columns that say nothing about what a user asked: a deleted question must not live on
+#: in the log.
+DELTA_PROPERTIES: dict[str, dict[str, str]] = {
+    "interactions": {"delta.dataSkippingStatsColumns": "id,ts,feedback"},
+}
+
+# Limits of the interactions a caller may record (the MCP tools declare the same in their schemas).
+MAX_QUESTION_CHARS = 20_000
+MAX_ANSWER_CHARS = 100_000
+MAX_COMMENT_CHARS = 2_000
+MAX_USER_CHARS = 256
+MAX_INTERACTION_TOOLS = 64
+MAX_TOOL_NAME_CHARS = 200
+MAX_TOOLS_JSON_CHARS = 64_000
+MAX_CITATIONS = 50
+MAX_CITATIONS_JSON_CHARS = 64_000
+MAX_INTERACTIONS_PAGE = 100
+MAX_DELETE_IDS = 500
+MAX_CURSOR_CHARS = 512
+COMMIT_RETRIES = 5
+INTERACTION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+_INTERACTION_ID = re.compile(INTERACTION_ID_PATTERN)
 
 DELTA_SCHEMAS: dict[str, pa.Schema] = {
     "documents": DOCUMENTS_SCHEMA,
@@ -213,6 +249,60 @@ def _check_document_id(value: object, what: str = "document_id") -> str:
     if not isinstance(value, str) or not _SAFE_ID.match(value):
         raise ValueError(f"{what} {value!r} is not a valid document id (1-256 letters, digits, ._:@+=/-)")
     return value
+
+
+def _check_interaction_id(value: object, what: str = "interaction id") -> str:
+    if not isinstance(value, str) or not _INTERACTION_ID.match(value):
+        raise ValueError(f"{what} {str(value)[:80]!r} is not valid (1-128 letters, digits, ._:- ; "
+                         "starting with a letter or digit)")
+    return value
+
+
+def _check_user(user: object) -> str:
+    if not isinstance(user, str) or not user.strip() or len(user) > MAX_USER_CHARS or _CONTROL.search(user):
+        raise ValueError(f"user must be a non-empty string of at most {MAX_USER_CHARS} characters "
+                         "without control characters")
+    return user
+
+
+def _check_text(value: object, what: str, limit: int, *, required: bool = False) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string")
+    if required and not value.strip():
+        raise ValueError(f"{what} must not be empty")
+    if len(value) > limit:
+        raise ValueError(f"{what} is {len(value)} characters long; at most {limit} are allowed")
+    if "\x00" in value:
+        raise ValueError(f"{what} contains a NUL character")
+    return value
+
+
+def _limited_json(value: Any, what: str, limit: int) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    if len(text) > limit:
+        raise ValueError(f"{what} take {len(text)} characters as JSON; at most {limit} are allowed")
+    return text
+
+
+def encode_interaction_cursor(ts: dt.datetime, interaction_id: str) -> str:
+    """An opaque cursor: the page continues after the interaction at ``ts`` with ``interaction_id``."""
+    raw = json.dumps({"ts": ts.isoformat(), "id": interaction_id}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_interaction_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    """``(ts, id)`` of a cursor from :func:`encode_interaction_cursor`; ValueError for anything else."""
+    if not isinstance(cursor, str) or not cursor or len(cursor) > MAX_CURSOR_CHARS:
+        raise ValueError("invalid cursor")
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        ts = dt.datetime.fromisoformat(data["ts"])
+        interaction_id = _check_interaction_id(data["id"])
+    except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError):
+        raise ValueError("invalid cursor") from None
+    if ts.tzinfo is None:
+        raise ValueError("invalid cursor")
+    return ts.astimezone(dt.UTC), interaction_id
 
 
 def _filter_values(key: str, value: object) -> list[str]:
@@ -485,10 +575,28 @@ class LakehouseStore:
 
     def _open_delta(self, name: str, schema: pa.Schema) -> DeltaTable:
         path = self.paths.delta_table(name)
+        properties = DELTA_PROPERTIES.get(name)
         if not DeltaTable.is_deltatable(str(path)):
             with contextlib.suppress(Exception):  # another process may have created it meanwhile
-                DeltaTable.create(str(path), schema, mode="ignore", name=name)
-        return DeltaTable(str(path))
+                DeltaTable.create(str(path), schema, mode="ignore", name=name, configuration=properties)
+        table = DeltaTable(str(path))
+        have = set(table.schema().to_arrow().names)
+        missing = [f for f in schema if f.name not in have]
+        configuration = table.metadata().configuration or {}
+        if missing or any(configuration.get(k) != v for k, v in (properties or {}).items()):
+            # A table made by an older version: add the new (nullable) columns and the properties,
+            # once, under a lock shared with other processes opening the same table.
+            with file_lock(path.with_name(f"{name}.lock")):
+                table.update_incremental()
+                have = set(table.schema().to_arrow().names)
+                missing = [f for f in schema if f.name not in have]
+                if missing:
+                    table.alter.add_columns([DeltaField.from_arrow(f) for f in missing])
+                if properties and any((table.metadata().configuration or {}).get(k) != v
+                                      for k, v in properties.items()):
+                    table.alter.set_table_properties(properties, raise_if_not_exists=False)
+                table = DeltaTable(str(path))
+        return table
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -709,33 +817,214 @@ class LakehouseStore:
         answer: str,
         *,
         user: str | None = None,
-        tools: list[dict[str, Any]] | None = None,
+        tools: Sequence[str | dict[str, Any]] | None = None,
         feedback: int | None = None,
         comment: str | None = None,
         interaction_id: str | None = None,
         ts: dt.datetime | None = None,
+        conversation_id: str | None = None,
+        message_id: str | None = None,
+        citations: Sequence[dict[str, Any]] | None = None,
     ) -> str:
-        """Append one question/answer (with the tool calls made and optional feedback); returns its id."""
-        if feedback is not None and feedback not in (-1, 0, 1):
+        """Append one question/answer (with the tools used, cited passages and optional feedback); returns its id.
+
+        With ``user`` and ``message_id`` the call is idempotent: when that user already recorded that
+        message, nothing is written and the existing id is returned (a retried request after a lost
+        answer does not duplicate the row). See :meth:`record_interaction_once` for whether it was new.
+        """
+        return self.record_interaction_once(
+            question, answer, user=user, tools=tools, feedback=feedback, comment=comment,
+            interaction_id=interaction_id, ts=ts, conversation_id=conversation_id, message_id=message_id,
+            citations=citations)[0]
+
+    def record_interaction_once(
+        self,
+        question: str,
+        answer: str,
+        *,
+        user: str | None = None,
+        tools: Sequence[str | dict[str, Any]] | None = None,
+        feedback: int | None = None,
+        comment: str | None = None,
+        interaction_id: str | None = None,
+        ts: dt.datetime | None = None,
+        conversation_id: str | None = None,
+        message_id: str | None = None,
+        citations: Sequence[dict[str, Any]] | None = None,
+    ) -> tuple[str, bool, dt.datetime]:
+        """:meth:`record_interaction`, returning ``(id, created, ts)`` (``created`` false: already recorded)."""
+        if feedback is not None and (isinstance(feedback, bool) or feedback not in (-1, 0, 1)):
             raise ValueError(f"feedback must be -1, 0, 1 or None, got {feedback!r}")
+        _check_text(question, "question", MAX_QUESTION_CHARS, required=True)
+        _check_text(answer, "answer", MAX_ANSWER_CHARS)
+        if user is not None:
+            _check_user(user)
+        if comment is not None:
+            _check_text(comment, "comment", MAX_COMMENT_CHARS)
+        for value, what in ((interaction_id, "interaction id"), (conversation_id, "conversation_id"),
+                            (message_id, "message_id")):
+            if value is not None:
+                _check_interaction_id(value, what)
+        tool_list = list(tools or [])
+        if len(tool_list) > MAX_INTERACTION_TOOLS:
+            raise ValueError(f"{len(tool_list)} tools given; at most {MAX_INTERACTION_TOOLS} are allowed")
+        for tool in tool_list:
+            if isinstance(tool, str):
+                _check_text(tool, "tool name", MAX_TOOL_NAME_CHARS, required=True)
+            elif not isinstance(tool, dict):
+                raise ValueError("each tool must be a tool name or an object describing the call")
+        cited = list(citations or [])
+        if len(cited) > MAX_CITATIONS:
+            raise ValueError(f"{len(cited)} citations given; at most {MAX_CITATIONS} are allowed")
+        if any(not isinstance(c, dict) for c in cited):
+            raise ValueError("each citation must be an object")
         when = ts or dt.datetime.now(dt.UTC)
         if when.tzinfo is None:
             raise ValueError("ts must be timezone-aware")
+        when = when.astimezone(dt.UTC)
         row = {
             "id": interaction_id or uuid.uuid4().hex,
-            "ts": when.astimezone(dt.UTC),
+            "ts": when,
             "user": user,
             "question": question,
             "answer": answer,
-            "tools_json": json.dumps(tools or [], ensure_ascii=False, default=str),
+            "tools_json": _limited_json(tool_list, "tools", MAX_TOOLS_JSON_CHARS),
             "feedback": feedback,
             "comment": comment,
+            "conversation_id": conversation_id,
+            "message_id": message_id,
+            "citations_json": _limited_json(cited, "citations", MAX_CITATIONS_JSON_CHARS) if cited else None,
         }
-        with self._delta_locks["interactions"]:
+        with self._interactions_write():
             table = self._delta["interactions"]
-            table.update_incremental()
+            if user is not None and message_id is not None:
+                found = self._interaction_rows(
+                    'SELECT id, ts FROM interactions WHERE "user" = $user AND message_id = $message '
+                    "ORDER BY ts LIMIT 1", {"user": user, "message": message_id})
+                if found.num_rows:
+                    first = found.to_pylist()[0]
+                    return str(first["id"]), False, first["ts"]
             write_deltalake(table, pa.Table.from_pylist([row], schema=INTERACTIONS_SCHEMA), mode="append")
-        return str(row["id"])
+        return str(row["id"]), True, when
+
+    @contextlib.contextmanager
+    def _interactions_write(self) -> Any:
+        """Exclusive writing of the interactions table: this process's threads and other processes."""
+        with self._delta_locks["interactions"], file_lock(
+                self.paths.delta_table("interactions").with_name("interactions.lock")):
+            self._delta["interactions"].update_incremental()
+            yield
+
+    def _interaction_rows(self, sql: str, params: dict[str, Any]) -> pa.Table:
+        """``sql`` (ours, parameterised) over the latest interactions table, as Arrow."""
+        table = self._delta["interactions"]
+        con = duckdb.connect(":memory:")
+        try:
+            con.execute("SET threads = 1")
+            con.register("interactions", table.to_pyarrow_dataset())
+            return con.sql(sql, params=params).to_arrow_table()
+        finally:
+            con.close()
+
+    def _commit(self, action: Any) -> Any:
+        """Run a Delta update/delete, retrying when a concurrent commit made it conflict."""
+        for attempt in range(COMMIT_RETRIES):
+            try:
+                return action()
+            except CommitFailedError:
+                if attempt == COMMIT_RETRIES - 1:
+                    raise LakehouseError("the interactions table is busy; try again") from None
+                time.sleep(0.05 * (attempt + 1))
+                self._delta["interactions"].update_incremental()
+        return None
+
+    def list_interactions(self, user: str, limit: int = 20, cursor: str | None = None
+                          ) -> tuple[list[dict[str, Any]], int, str | None]:
+        """A page of ``user``'s interactions, newest first: ``(rows, total of the user's rows, next cursor)``.
+
+        Rows carry ``tools`` and ``citations`` decoded from their JSON columns and ``ts`` as ISO text.
+        """
+        _check_user(user)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_INTERACTIONS_PAGE:
+            raise ValueError(f"limit must be an integer between 1 and {MAX_INTERACTIONS_PAGE}, got {limit!r}")
+        params: dict[str, Any] = {"user": user, "n": limit + 1}
+        after = ""
+        if cursor is not None:
+            ts, last_id = decode_interaction_cursor(cursor)
+            params.update(ts=ts, last=last_id)
+            after = " AND (ts < $ts OR (ts = $ts AND id < $last))"
+        with self._delta_locks["interactions"]:
+            self._delta["interactions"].update_incremental()
+            total = self._interaction_rows('SELECT count(*) AS n FROM interactions WHERE "user" = $user',
+                                           {"user": user}).column(0)[0].as_py()
+            page = self._interaction_rows(
+                'SELECT * FROM interactions WHERE "user" = $user' + after + " ORDER BY ts DESC, id DESC LIMIT $n",
+                params)
+        rows = page.to_pylist()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        out = []
+        for row in rows:
+            when = row["ts"]
+            out.append({
+                "id": row["id"], "ts": when.isoformat() if when is not None else None, "question": row["question"],
+                "answer": row["answer"], "tools": json.loads(row.get("tools_json") or "[]"),
+                "citations": json.loads(row.get("citations_json") or "[]"), "feedback": row["feedback"],
+                "comment": row["comment"], "conversation_id": row.get("conversation_id"),
+                "message_id": row.get("message_id"),
+            })
+        next_cursor = encode_interaction_cursor(rows[-1]["ts"], rows[-1]["id"]) if more and rows else None
+        return out, int(total or 0), next_cursor
+
+    def set_interaction_feedback(self, user: str, interaction_id: str, feedback: int | None,
+                                 comment: str | None = None) -> bool:
+        """Set feedback and comment of ``user``'s interaction (one Delta update); False when ``user`` has none
+        with that id (another user's id looks exactly like an unknown one)."""
+        _check_user(user)
+        _check_interaction_id(interaction_id)
+        if feedback is not None and (isinstance(feedback, bool) or feedback not in (-1, 0, 1)):
+            raise ValueError(f"feedback must be -1, 0, 1 or None, got {feedback!r}")
+        if comment is not None:
+            _check_text(comment, "comment", MAX_COMMENT_CHARS)
+        updates = {"feedback": "NULL" if feedback is None else f"CAST({int(feedback)} AS TINYINT)",
+                   "comment": "NULL" if comment is None else sql_quote(comment)}
+        predicate = f'id = {sql_quote(interaction_id)} AND "user" = {sql_quote(user)}'
+        with self._interactions_write():
+            table = self._delta["interactions"]
+            metrics = self._commit(lambda: table.update(updates=updates, predicate=predicate))
+        return int((metrics or {}).get("num_updated_rows", 0)) > 0
+
+    def delete_interactions(self, user: str, ids: Sequence[str] | None = None) -> int:
+        """Delete ``user``'s interactions with these ``ids`` (None: all of them); returns how many went.
+
+        Ids of other users' rows are ignored. Afterwards the files of older table versions are
+        vacuumed, so the deleted text is gone from disk, not only from the current version.
+        """
+        _check_user(user)
+        predicate = f'"user" = {sql_quote(user)}'
+        if ids is not None:
+            if isinstance(ids, str):
+                raise ValueError("ids must be a list of interaction ids, not one string")
+            wanted = sorted({_check_interaction_id(i) for i in ids})
+            if len(wanted) > MAX_DELETE_IDS:
+                raise ValueError(f"{len(wanted)} ids given; at most {MAX_DELETE_IDS} per call are allowed")
+            if not wanted:
+                return 0
+            predicate += " AND " + _in_list("id", wanted)
+        with self._interactions_write():
+            table = self._delta["interactions"]
+            metrics = self._commit(lambda: table.delete(predicate))
+            deleted = int((metrics or {}).get("num_deleted_rows", 0))
+            if deleted:
+                self._vacuum_interactions()
+        return deleted
+
+    def _vacuum_interactions(self) -> None:
+        table = self._delta["interactions"]
+        try:
+            table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+        except Exception as exc:  # the rows are deleted either way; the next deletion vacuums again
+            log.warning("vacuum of the interactions table failed: %s", exc)
 
     # -- maintenance -------------------------------------------------------------------------
 
@@ -812,14 +1101,19 @@ class LakehouseStore:
 
     # -- SQL ---------------------------------------------------------------------------------
 
-    def query_sql(self, sql: str, max_rows: int = 1000, timeout_s: float = 10.0) -> dict[str, Any]:
+    def query_sql(self, sql: str, max_rows: int = 1000, timeout_s: float = 10.0, *,
+                  interactions_user: str | None = None) -> dict[str, Any]:
         """Run one read-only SELECT over this tenant's Delta tables with DuckDB.
 
         A fresh in-memory DuckDB sees only this tenant's ``documents``, ``products`` and
         ``interactions`` (Arrow datasets read through deltalake); file, network and extension
         access are switched off and the configuration is locked before the query runs.
-        Returns ``columns``, ``rows`` (at most ``max_rows``), ``row_count`` and ``truncated``.
+        With ``interactions_user``, ``interactions`` holds only that user's rows (a view; the
+        query cannot name anything else). Returns ``columns``, ``rows`` (at most ``max_rows``),
+        ``row_count`` and ``truncated``.
         """
+        if interactions_user is not None:
+            _check_user(interactions_user)
         if not isinstance(max_rows, int) or max_rows < 1:
             raise ValueError(f"max_rows must be a positive integer, got {max_rows!r}")
         if not timeout_s or timeout_s <= 0:
@@ -830,7 +1124,14 @@ class LakehouseStore:
         try:
             for name in SQL_TABLES:
                 _, dataset = self._delta_dataset(name)
-                con.register(name, dataset)
+                if name == "interactions" and interactions_user is not None:
+                    # validate_sql admits only the names in SQL_TABLES, so the query cannot reach the
+                    # unfiltered rows under their internal name.
+                    con.register("__kontor_all_interactions", dataset)
+                    con.execute('CREATE VIEW interactions AS SELECT * FROM __kontor_all_interactions '
+                                f'WHERE "user" = {sql_quote(interactions_user)}')
+                else:
+                    con.register(name, dataset)
             for setting in ("SET python_enable_replacements = false",
                             "SET autoinstall_known_extensions = false",
                             "SET autoload_known_extensions = false",

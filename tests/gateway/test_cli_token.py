@@ -28,8 +28,9 @@ from kontor.gateway.db import GatewayDB, User
 from kontor.gateway.keys import KeyStore
 
 MEMBER = "member@demo.local"
-ADMIN_SCOPES = "ingest:read ingest:write lakehouse:read lakehouse:write sealed:read sealed:write tenant:admin"
-MEMBER_SCOPES = "ingest:read ingest:write lakehouse:read lakehouse:write sealed:read"  # no sealed:write
+# members get lakehouse:interactions too (recording one's own interactions); no sealed:write for them
+MEMBER_SCOPES = "ingest:read ingest:write lakehouse:interactions lakehouse:read lakehouse:write sealed:read"
+ADMIN_SCOPES = " ".join(sorted([*MEMBER_SCOPES.split(), "sealed:write", "tenant:admin"]))
 GATEWAY_ENV = ("KONTOR_GATEWAY_PUBLIC_ORIGIN", "KONTOR_GATEWAY_HOST", "KONTOR_GATEWAY_PORT", "KONTOR_GATEWAY_DB_URL")
 runner = CliRunner()
 
