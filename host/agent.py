@@ -506,6 +506,9 @@ class _Turn:
             self.emit(Error(f"The tools could not be listed through the gateway ({exc}); answering without them.",
                             kind="gateway", retryable=True))
             return
+        from kontor.host.recording import RECORDING_TOOLS  # (recording imports this module's events)
+
+        listed = [tool for tool in listed if tool.name not in RECORDING_TOOLS]  # the host's bookkeeping
         blocked = await self.agent.policy.blocked([tool.name for tool in listed])
         for tool in listed:  # the model never sees blocked tools
             (self.blocked if tool.name in blocked else self.tools)[tool.name] = tool
