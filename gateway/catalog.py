@@ -23,6 +23,7 @@ from typing import Any
 
 from kontor.gateway import naming
 from kontor.gateway.db import GatewayDB, Installation
+from kontor.gateway.pinning import canonical_json
 from kontor.gateway.scopes import read_scope, tool_scope
 from kontor.gateway.upstream import UpstreamError, UpstreamSession, UpstreamUnavailable
 
@@ -151,8 +152,13 @@ class CatalogBuilder:
     """Builds and caches each tenant's :class:`Catalog`."""
 
     def __init__(self, db: GatewayDB, session_for: SessionFor, *, timeout_s: float, ttl_s: float,
-                 on_withheld: Callable[[str, str, str, str], Awaitable[None]] | None = None) -> None:
+                 on_withheld: Callable[[str, str, str, str], Awaitable[None]] | None = None,
+                 on_changed: Callable[[str, frozenset[str]], Awaitable[None]] | None = None) -> None:
         self.db = db
+        #: Called with (tenant, kinds) when a rebuilt catalog lists other tools/prompts/resources than
+        #: the last one (an installation, a withheld or re-approved tool, a server gone or back).
+        self.on_changed = on_changed
+        self._fingerprints: dict[str, dict[str, int]] = {}
         self.session_for = session_for
         self.timeout_s = timeout_s
         self.ttl_s = ttl_s
@@ -160,6 +166,7 @@ class CatalogBuilder:
         self._cache: dict[str, Catalog] = {}
         self._building: dict[str, asyncio.Task[Catalog]] = {}
         self._reported: set[tuple[str, str, str, str]] = set()
+        self._notifying: set[asyncio.Task[None]] = set()
 
     def invalidate(self, tenant: str | None = None) -> None:
         if tenant is None:
@@ -220,7 +227,25 @@ class CatalogBuilder:
         catalog.prompts = dict(sorted(catalog.prompts.items()))
         catalog.fetched_at = time.monotonic()
         self._cache[tenant] = catalog
+        self._notice_changes(tenant, catalog)
         return catalog
+
+    def _notice_changes(self, tenant: str, catalog: Catalog) -> None:
+        fingerprint = {
+            "tools": hash(tuple((name, canonical_json(t.definition)) for name, t in catalog.tools.items())),
+            "prompts": hash(tuple((name, canonical_json(p.definition)) for name, p in catalog.prompts.items())),
+            "resources": hash((tuple(sorted(catalog.resources)),
+                               tuple(sorted(str(d.get("uriTemplate")) for _, _, d in catalog.templates)))),
+        }
+        previous = self._fingerprints.get(tenant)
+        self._fingerprints[tenant] = fingerprint
+        if previous is None or self.on_changed is None:
+            return
+        kinds = frozenset(kind for kind, value in fingerprint.items() if previous.get(kind) != value)
+        if kinds:
+            task = asyncio.get_running_loop().create_task(self.on_changed(tenant, kinds))
+            self._notifying.add(task)
+            task.add_done_callback(self._notifying.discard)
 
     async def _discover(self, installation: Installation) -> tuple[list[dict[str, Any]], ...]:
         async with asyncio.timeout(self.timeout_s):

@@ -65,6 +65,9 @@ SESSION_MAX_CONNECTIONS = 64
 RELAYED_REQUESTS = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
 
 
+LIST_CHANGED = {"tools": "notifications/tools/list_changed", "prompts": "notifications/prompts/list_changed",
+                "resources": "notifications/resources/list_changed"}
+
 #: Upstream notifications passed on to the caller while its request runs.
 RELAYED_NOTIFICATIONS = frozenset({"notifications/progress", "notifications/message"})
 
@@ -172,7 +175,8 @@ class Gateway:
         self._sessions: OrderedDict[tuple[Any, ...], UpstreamSession] = OrderedDict()
         self._session_locks: dict[tuple[Any, ...], asyncio.Lock] = {}
         self.catalogs = CatalogBuilder(db, self._discovery_session, timeout_s=settings.discovery_timeout_s,
-                                       ttl_s=settings.catalog_ttl_s, on_withheld=self._audit_withheld)
+                                       ttl_s=settings.catalog_ttl_s, on_withheld=self._audit_withheld,
+                                       on_changed=self._catalog_changed)
         # Downstream sessions per tenant, to pass on list-changed notifications; and resource subscribers.
         self._downstream: dict[str, weakref.WeakSet[Any]] = {}
         self._subscribers: dict[tuple[str, str], weakref.WeakSet[Any]] = {}
@@ -273,6 +277,14 @@ class Gateway:
             for downstream in list(self._subscribers.get((tenant, str(uri)), ())):
                 with contextlib.suppress(Exception):
                     await downstream.send_notification_raw(method, {"uri": uri})
+
+    async def _catalog_changed(self, tenant: str, kinds: frozenset[str]) -> None:
+        """Tell the tenant's connected clients that what they may list changed (install, withheld tool, ...)."""
+        methods = [LIST_CHANGED[kind] for kind in sorted(kinds) if kind in LIST_CHANGED]
+        for downstream in list(self._downstream.get(tenant, ())):
+            for method in methods:
+                with contextlib.suppress(Exception):
+                    await downstream.send_notification_raw(method)
 
     # ----------------------------------------------------------------- helpers
 

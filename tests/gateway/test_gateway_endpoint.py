@@ -314,3 +314,29 @@ def test_2026_routing_headers_must_match_the_body(gw: Mesh) -> None:
                                                         "mcp-method": "tools/call", "mcp-name": "fix__write_note"})
     r = httpx.post(gw.url("acme"), json=body, headers=headers)
     assert r.status_code == 400, r.text
+
+
+async def test_clients_are_told_when_their_tenants_catalog_changes(gw: Mesh) -> None:
+    await gw.setup_tenant("initech", {"fix": gw.upstreams["fix"][0]})
+    seen: list[str] = []
+
+    async def on_message(message: object) -> None:
+        method = getattr(message, "method", None) or getattr(getattr(message, "root", None), "method", None)
+        if isinstance(method, str):
+            seen.append(method)
+
+    async with gw.client("initech", gw.token("initech", scopes=ALL), message_handler=on_message) as client:
+        before = {t.name for t in (await client.list_tools()).tools}
+        db = gw.db()
+        await db.init()
+        try:  # an admin enables a second server for the tenant while the client is connected
+            await db.enable_server("initech", "fix2", gw.upstreams["fix"][0], ["fix2:read", "fix2:write"])
+        finally:
+            await db.close()
+        deadline = asyncio.get_running_loop().time() + 20
+        while "notifications/tools/list_changed" not in seen:
+            assert asyncio.get_running_loop().time() < deadline, f"no list_changed; saw {seen}"
+            await asyncio.sleep(1.2)  # past the catalog's TTL (1 s): another caller's list rebuilds it
+            async with gw.client("initech", gw.token("initech", "other", ALL)) as other:
+                await other.list_tools()
+    assert not any(name.startswith("fix2__") for name in before)
