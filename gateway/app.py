@@ -397,6 +397,10 @@ def build_app(settings: GatewaySettings | None = None, *, db: GatewayDB | None =
         Route("/.well-known/oauth-protected-resource/t/{tenant}/mcp", resource_metadata, methods=["GET"]),
         Route("/t/{tenant}/mcp", endpoint, methods=["GET", "POST", "DELETE"]),
     ]
+    # The registry (kontor.registry.app): JSON API and pages under /registry, the official read API under /v0.1.
+    from kontor.registry.app import gateway_mounts
+
+    routes.extend(gateway_mounts(runtime))
     return Starlette(routes=routes, lifespan=lifespan)
 
 

@@ -2,14 +2,24 @@
 
 Idempotent: run it before every start of the gateway (``kontor up`` does). It
 
+* brings the database schema to the newest migration (:func:`kontor.registry.migrations.upgrade_async`:
+  the gateway's, the OAuth server's and the registry's tables; an older database is adopted);
 * creates tenant ``demo`` if it is missing;
-* enables the first-party servers for it (``lakehouse`` at ``http://127.0.0.1:8711/mcp``,
-  ``ingest`` at ``http://127.0.0.1:8712/mcp``, each with its ``:read`` and ``:write`` scopes and
-  config ``{"first_party": true}``) where no installation exists yet, and points an enabled one
-  at the right URL again (keeping the rest of its config); an installation an admin disabled
-  stays disabled. Tools are not pinned here: the gateway pins them at first discovery;
+* seeds the registry with Kontor's own servers as approved catalog entries
+  (:func:`kontor.registry.service.seed_first_party`: each bundled ``server.json``, reviewed on the
+  tools the server really lists, approved by the seed) and installs them for the tenant through
+  the registry (:meth:`~kontor.registry.service.RegistryService.install_defaults`): ``lakehouse`` at
+  ``http://127.0.0.1:8711/mcp``, ``ingest`` at ``http://127.0.0.1:8712/mcp``, with the scopes their
+  approved tools need, the approved snapshot pinned (so the gateway serves exactly what was
+  approved and withholds drift), and config ``{"first_party": true, "registry": {…}}``. An
+  installation made before the registry existed is adopted (its state and the admin's config
+  kept); an enabled one is pointed at the right URL again; one an admin disabled or uninstalled
+  stays so;
 * adds the dev admin ``admin@demo.local`` with a random password generated once and kept in
-  ``<data_root>/gateway/dev-login.txt`` (mode 0600), so every start can print the login.
+  ``<data_root>/gateway/dev-login.txt`` (mode 0600), so every start can print the login, and
+  names it a platform admin of the registry in ``<data_root>/gateway/registry/platform-admins.txt``
+  (read by the gateway in dev mode only; production names platform admins in
+  ``KONTOR_GATEWAY_PLATFORM_ADMINS``).
 
 ``kontor up`` also records the gateway's public origin in ``<data_root>/gateway/origin.txt``
 (:func:`write_gateway_origin`), so ``kontor token`` on the same data root mints tokens whose issuer
@@ -25,15 +35,15 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from kontor.gateway.config import GatewaySettings, get_gateway_settings
 from kontor.gateway.db import AlreadyExists, GatewayDB, InstallationState, Role
-from kontor.gateway.scopes import read_scope, write_scope
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +57,8 @@ FIRST_PARTY_PORTS: dict[str, int] = {"lakehouse": 8711, "ingest": 8712}
 ACTOR = "bootstrap"
 #: Installation config flag: a server the local mesh runs (the gateway's /health probes these).
 FIRST_PARTY_FLAG = "first_party"
+#: File (under ``<data_dir>/registry``) naming the registry's platform admins on a dev data root.
+PLATFORM_ADMINS_FILE = "platform-admins.txt"
 
 
 def first_party_urls(host: str = "127.0.0.1", ports: Mapping[str, int] = FIRST_PARTY_PORTS) -> dict[str, str]:
@@ -150,8 +162,13 @@ async def bootstrap(
     servers: Mapping[str, str] | None = None,
     admin_email: str = DEV_ADMIN_EMAIL,
     reset_dev_password: bool = False,
+    snapshots: Mapping[str, tuple[Sequence[Mapping[str, Any]], str | None]] | None = None,
 ) -> BootstrapResult:
-    """Bring ``db`` (already initialised) and ``data_dir`` (``<data_root>/gateway``) to the dev baseline."""
+    """Bring ``db`` (already migrated) and ``data_dir`` (``<data_root>/gateway``) to the dev baseline.
+
+    ``snapshots``: first-party server → ``(tools, instructions)`` to seed instead of listing the
+    servers in process (tests).
+    """
     result = BootstrapResult(tenant)
     if await db.get_tenant(tenant) is None:
         try:
@@ -160,18 +177,8 @@ async def bootstrap(
         except AlreadyExists:  # another bootstrap got there first
             pass
 
-    for name, url in (servers if servers is not None else first_party_urls()).items():
-        scopes = [read_scope(name), write_scope(name)]
-        current = await db.get_installation(tenant, name)
-        if current is None or (current.state == InstallationState.enabled
-                               and (current.upstream_url != url or sorted(current.granted_scopes) != scopes
-                                    or current.config.get(FIRST_PARTY_FLAG) is not True)):
-            config = {**(current.config if current is not None else {}), FIRST_PARTY_FLAG: True}
-            await db.enable_server(tenant, name, url, scopes, config=config, actor=ACTOR)
-            result.enabled.append(name)
-        elif current.state != InstallationState.enabled:
-            result.kept_disabled.append(name)
-            log.info("server %s is %s for tenant %s; bootstrap leaves it so", name, current.state.value, tenant)
+    await _install_first_party(db, tenant, servers if servers is not None else first_party_urls(), result,
+                               snapshots=snapshots)
 
     login_file = data_dir / DEV_LOGIN_FILE
     password = read_dev_password(login_file)
@@ -192,7 +199,55 @@ async def bootstrap(
         write_dev_login(login_file, tenant, admin_email, password)
         await db.set_password(tenant, admin_email, password, actor=ACTOR)
     result.login = DevLogin(tenant, admin_email, password, login_file)
+    name_platform_admin(data_dir, tenant, admin_email)
     return result
+
+
+async def _no_review(server_json: Any, namespaces: list[str]) -> Any:  # pragma: no cover - never called
+    raise RuntimeError("bootstrap installs approved first-party servers only; it reviews nothing")
+
+
+async def _install_first_party(db: GatewayDB, tenant: str, urls: Mapping[str, str], result: BootstrapResult, *,
+                               snapshots: Mapping[str, tuple[Sequence[Mapping[str, Any]], str | None]] | None
+                               ) -> None:
+    """Seed the registry's first-party entries and install them for ``tenant`` (see the module docstring)."""
+    from kontor.registry.service import RegistryService, seed_first_party
+    from kontor.registry.store import RegistryStore
+
+    store = RegistryStore(db)
+    await seed_first_party(store, snapshots=snapshots)
+    before = {name: await db.get_installation(tenant, name) for name in urls}
+    done = await RegistryService(store, _no_review, local_urls=urls).install_defaults(tenant, actor=ACTOR)
+    changed = {i.server for i in done}
+    for name, url in urls.items():
+        current = await db.get_installation(tenant, name)
+        if current is None:
+            continue
+        if current.state == InstallationState.enabled and current.upstream_url != url:
+            await db.enable_server(tenant, name, url, current.granted_scopes, config=current.config, actor=ACTOR)
+            changed.add(name)
+        elif current.state != InstallationState.enabled and before.get(name) is not None:
+            result.kept_disabled.append(name)
+            log.info("server %s is %s for tenant %s; bootstrap leaves it so", name, current.state.value, tenant)
+    result.enabled.extend(sorted(changed))
+
+
+def name_platform_admin(data_dir: Path, tenant: str, email: str) -> Path:
+    """Add ``tenant:email`` to ``<data_dir>/registry/platform-admins.txt`` (dev only; kept if already there)."""
+    path = data_dir / "registry" / PLATFORM_ADMINS_FILE
+    entry = f"{tenant}:{email.strip().lower()}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ("# Platform admins of the registry on this data root (tenant:email per line), read by the gateway\n"
+                "# in dev mode only; production uses KONTOR_GATEWAY_PLATFORM_ADMINS. Written by `kontor up`.\n")
+    if entry in (line.strip().lower() for line in text.splitlines()):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text + ("" if text.endswith("\n") or not text else "\n") + entry + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
 
 
 def run_bootstrap(
@@ -201,13 +256,19 @@ def run_bootstrap(
     db_factory: Callable[[str], GatewayDB] = GatewayDB,
     servers: Mapping[str, str] | None = None,
     reset_dev_password: bool = False,
+    snapshots: Mapping[str, tuple[Sequence[Mapping[str, Any]], str | None]] | None = None,
 ) -> BootstrapResult:
-    """:func:`bootstrap` against the gateway's database (``settings.database_url``), synchronously."""
+    """:func:`bootstrap` against the gateway's database (``settings.database_url``), synchronously,
+    after bringing its schema to the newest migration."""
     settings = settings or get_gateway_settings()
     _import_oauth_tables()
 
     async def main() -> BootstrapResult:
+        from kontor.registry.migrations import upgrade_async
+
+        await upgrade_async(settings.database_url)  # one schema: gateway, OAuth and registry tables
         async with db_factory(settings.database_url) as db:
-            return await bootstrap(db, settings.data_dir, servers=servers, reset_dev_password=reset_dev_password)
+            return await bootstrap(db, settings.data_dir, servers=servers, reset_dev_password=reset_dev_password,
+                                   snapshots=snapshots)
 
     return anyio.run(main)

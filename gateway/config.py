@@ -60,6 +60,21 @@ class GatewaySettings(BaseSettings):
     #: Serve ``tools/call`` on open sessions without the SDK transport's per-request machinery
     #: (:mod:`kontor.gateway.fastpath`); off: every request goes through the SDK (for comparison).
     fast_path: bool = True
+    #: Platform admins of the registry (review, approve, reject, revoke): comma-separated ``tenant:email``
+    #: entries, e.g. ``demo:admin@demo.local,ops:alice@example.com``. Empty by default; in dev mode the
+    #: dev bootstrap also names its demo admin in ``<data_root>/gateway/registry/platform-admins.txt``.
+    platform_admins: str = ""
+
+    @field_validator("platform_admins")
+    @classmethod
+    def _platform_admins(cls, value: str) -> str:
+        parse_platform_admins(value)  # refuse a malformed entry at start-up, naming it
+        return value
+
+    @property
+    def platform_admin_entries(self) -> frozenset[tuple[str, str]]:
+        """The configured platform admins as ``(tenant, email)`` pairs (email lower case)."""
+        return parse_platform_admins(self.platform_admins)
 
     @field_validator("public_origin")
     @classmethod
@@ -118,6 +133,30 @@ class GatewaySettings(BaseSettings):
     @property
     def internal_jwks_url(self) -> str:
         return f"{self.origin}/.well-known/jwks.json"
+
+
+def parse_platform_admins(text: str) -> frozenset[tuple[str, str]]:
+    """``"demo:admin@demo.local, ops:alice@example.com"`` (commas or new lines) → ``{(tenant, email), …}``.
+
+    Blank entries and ``#`` comment lines are skipped; anything else must be ``tenant:email`` with a
+    valid tenant id and an e-mail address, or ValueError names the entry.
+    """
+    entries: set[tuple[str, str]] = set()
+    for raw in text.replace("\n", ",").split(","):
+        entry = raw.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        tenant, sep, email = entry.partition(":")
+        email = email.strip().lower()
+        local, at, domain = email.partition("@")
+        if not sep or not at or not local or not domain or any(ch.isspace() for ch in email):
+            raise ValueError(f"platform admin {entry!r}: expected tenant:email, e.g. demo:admin@demo.local")
+        try:
+            validate_tenant(tenant.strip())
+        except ValueError as exc:
+            raise ValueError(f"platform admin {entry!r}: {exc}") from None
+        entries.add((tenant.strip(), email))
+    return frozenset(entries)
 
 
 @lru_cache(maxsize=1)

@@ -33,9 +33,10 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from opentelemetry import propagate, trace
 
 from kontor.gateway.audit import AuditEvent, AuditLog, AuditWriteError
-from kontor.gateway.catalog import Catalog, CatalogBuilder, page
+from kontor.gateway.catalog import Catalog, CatalogBuilder, page, public_name
 from kontor.gateway.config import GatewaySettings
 from kontor.gateway.db import GatewayDB, Installation
+from kontor.gateway.naming import NamingError
 from kontor.gateway.resource_server import Principal
 from kontor.gateway.safehttp import SafeHttpClient, VettedTarget, pinned_pool
 from kontor.gateway.scopes import read_scope, write_scope
@@ -149,6 +150,21 @@ def _pausing(relay: MessageHandler | None, deadline: anyio.CancelScope) -> Messa
                 deadline.deadline = anyio.current_time() + max(state["left"], 0.0)
 
     return on_message
+
+
+def _withheld(catalog: Catalog | None, name: str, principal: Principal) -> str | None:
+    """Why the tenant's catalog withholds the tool publicly called ``name``, if the caller may use its server."""
+    for server, held in (catalog.withheld.items() if catalog is not None else ()):
+        installation = catalog.servers.get(server)
+        if installation is None or not {read_scope(server), write_scope(server)} & principal.scopes:
+            continue
+        for tool, reason in held:
+            try:
+                if public_name(installation, tool) == name:
+                    return reason
+            except NamingError:
+                continue
+    return None
 
 
 def principal_of(ctx: ServerRequestContext[Any, Any]) -> Principal:
@@ -373,6 +389,15 @@ class Gateway:
             with contextlib.suppress(AuditWriteError):
                 await self.audit.append(AuditEvent(tenant=tenant, decision="denied", kind="tool_withheld",
                                                    tool=f"{server}/{tool}", reason=reason, upstream=server))
+        # A registry installation whose live tools drift from the approved snapshot → needs_reapproval (+ event).
+        try:
+            from kontor.registry.app import record_drift
+        except ImportError:  # pragma: no cover - the gateway runs without the registry package too
+            return
+        try:
+            await record_drift(self.db, tenant, server, tool, reason)
+        except Exception:  # noqa: BLE001 - the tool is withheld either way; the registry's record is best effort
+            log.exception("could not record the drift of %s/%s for tenant %s in the registry", server, tool, tenant)
 
     # ----------------------------------------------------------------- handlers
 
@@ -443,10 +468,15 @@ class Gateway:
         audit_base = {"tenant": principal.tenant, "subject": principal.subject, "client_id": principal.client_id,
                       "tool": name[:200]}
         if entry is None or entry.scope not in principal.scopes:
-            # Unknown, withheld and forbidden tools look the same to the caller.
+            # Unknown and forbidden tools look the same to the caller; a withheld tool of a server the caller
+            # may use is named as such (the catalog is this tenant's own: nothing of another tenant shows).
+            held = _withheld(catalog, name, principal) if entry is None else None
             await self._audit(AuditEvent.tool_call(arguments=arguments if isinstance(arguments, dict) else None,
-                                                   decision="denied", reason="unknown or not permitted tool",
-                                                   **audit_base))
+                                                   decision="denied", reason="withheld tool awaiting re-approval"
+                                                   if held else "unknown or not permitted tool", **audit_base))
+            if held:
+                raise MCPError(INVALID_PARAMS, f"tool {name[:100]!r} is withheld: its definition no longer matches "
+                                               f"the approved one ({held[:200]}); it awaits re-approval by an admin")
             raise MCPError(INVALID_PARAMS, f"unknown tool: {name[:100]!r}")
         approval = _approval(raw)
         if approval is not None and approval[0] in REFUSING_DECISIONS:

@@ -327,6 +327,9 @@ def _mount_gateway_commands() -> None:
     from kontor.gateway.oauth.cli import token_command
 
     app.command("token", help="a dev access token from the built-in authorization server")(token_command)
+    from kontor.registry.cli import app as registry_app
+
+    app.add_typer(registry_app, name="registry", help="publish, review and install MCP servers (the registry)")
 
 
 _mount_gateway_commands()

@@ -1,4 +1,4 @@
-"""First-run bootstrap: demo tenant, first-party installations, dev admin; idempotent."""
+"""First-run bootstrap: demo tenant, first-party installations through the registry, dev admin; idempotent."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ from kontor.gateway.bootstrap import (
     run_bootstrap,
 )
 from kontor.gateway.config import GatewaySettings
-from kontor.gateway.db import GatewayDB, InstallationState, Role
+from kontor.gateway.db import GatewayDB, InstallationState, PinState, Role
+from kontor.gateway.pinning import definition_hash
+from kontor.registry.service import list_first_party_tools, needed_scopes
+from kontor.registry.store import CONFIG_KEY
 
 
 def fast_db(url: str) -> GatewayDB:
@@ -26,6 +29,16 @@ def fast_db(url: str) -> GatewayDB:
 
 def boot(**kw: object) -> BootstrapResult:
     return run_bootstrap(GatewaySettings(), db_factory=fast_db, **kw)  # type: ignore[arg-type]
+
+
+_TOOLS: dict[str, list] = {}
+
+
+def list_tools(name: str) -> list:
+    """The first-party server's tools as the seed lists them (in process), cached per test session."""
+    if name not in _TOOLS:
+        _TOOLS[name] = asyncio.run(list_first_party_tools(name))[0]
+    return _TOOLS[name]
 
 
 def query(coro_fn):  # noqa: ANN001, ANN201 - a small helper: run fn(db) against the default database
@@ -46,10 +59,21 @@ def test_fresh_data_root_gets_tenant_servers_and_admin(data_root: Path) -> None:
     assert set(installs) == {"lakehouse", "ingest"}
     assert installs["lakehouse"].upstream_url == "http://127.0.0.1:8711/mcp"
     assert installs["ingest"].upstream_url == "http://127.0.0.1:8712/mcp"
-    assert installs["lakehouse"].granted_scopes == ["lakehouse:read", "lakehouse:write"]
+    # Installed through the registry: the scopes the approved tools need, the registry's facts in the config
+    # (the first_party flag is what the gateway's /health probes), and the approved snapshot pinned.
+    assert installs["lakehouse"].granted_scopes == needed_scopes("lakehouse", list_tools("lakehouse"))
     assert installs["ingest"].granted_scopes == ["ingest:read", "ingest:write"]
-    assert all(i.config == {"first_party": True} for i in installs.values())  # the gateway's /health probes them
-    assert query(lambda db: db.list_pins(DEMO_TENANT)) == []  # the gateway pins tools at first discovery
+    for name, inst in installs.items():
+        assert inst.config["first_party"] is True and inst.state == InstallationState.enabled
+        assert inst.config[CONFIG_KEY]["server"] == f"io.kontor/{name}" and inst.version == inst.config[
+            CONFIG_KEY]["version"]
+        pins = query(lambda db, name=name: db.list_pins(DEMO_TENANT, name))
+        assert {p.tool: p.definition_hash for p in pins} == {
+            t["name"]: definition_hash(t) for t in list_tools(name)}  # what the seed's review listed
+        assert all(p.state == PinState.approved for p in pins)
+    # the first-party catalog entries are approved versions of the bundled server.json files
+    assert (data_root / "gateway" / "registry" / "platform-admins.txt").read_text().splitlines()[-1] == (
+        f"{DEMO_TENANT}:{DEV_ADMIN_EMAIL}")  # the dev admin reviews in the registry (dev mode only)
 
     login_file = data_root / "gateway" / DEV_LOGIN_FILE
     assert result.login is not None and result.login.file == login_file
@@ -84,8 +108,11 @@ def test_an_admins_choices_survive_a_rerun(data_root: Path) -> None:
     assert ingest.state == InstallationState.disabled  # not re-enabled behind the admin's back
     lakehouse = query(lambda db: db.get_installation(DEMO_TENANT, "lakehouse"))
     assert lakehouse.upstream_url == "http://127.0.0.1:8711/mcp"  # pointed back at the local server
-    assert lakehouse.granted_scopes == ["lakehouse:read", "lakehouse:write"]
-    assert lakehouse.config == {"write_roles": ["admin"], "first_party": True}  # the admin's config kept
+    # an installation made outside the registry is adopted: the approved version's scopes and the registry's facts
+    assert lakehouse.granted_scopes == needed_scopes("lakehouse", list_tools("lakehouse"))
+    assert {k: v for k, v in lakehouse.config.items() if k != CONFIG_KEY} == {
+        "write_roles": ["admin"], "first_party": True}  # the admin's config kept
+    assert lakehouse.config[CONFIG_KEY]["server"] == "io.kontor/lakehouse"
 
 
 def test_login_file_written_before_the_user_is_repaired(data_root: Path) -> None:

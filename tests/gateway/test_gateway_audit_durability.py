@@ -18,6 +18,7 @@ async def test_audit_record_survives_kill_9_right_after_the_response(tmp_path: P
         fix = m.start_upstream("fix")
         await m.setup_tenant("acme", {"fix": fix})
         m.start_gateway()
+        audit_db = m.settings.data_dir / "audit" / "audit.db"  # (the mesh's data root, read while it is current)
         answered = []
         async with m.client("acme", m.token("acme", "durable", ["fix:read"])) as client:
             for i in range(5):
@@ -27,7 +28,7 @@ async def test_audit_record_survives_kill_9_right_after_the_response(tmp_path: P
             m.gateway.send_signal(signal.SIGKILL)  # no shutdown, no flush
             m.gateway.wait(10)
     assert answered == [f"call {i}" for i in range(5)]
-    log = AuditLog(m.settings.data_dir / "audit" / "audit.db")
+    log = AuditLog(audit_db)
     await log.init(check_anchor=False)
     try:
         mine = [r for r in await log.query(tenant="acme", subject="durable") if r.kind == "tools/call"]
