@@ -38,6 +38,8 @@ setup(
     # The registry ships the MIT notice of its bundled server.json schema next to the schema.
     package_data={"": ["*.json", "*.txt", "*.html", "*.sql"], "kontor.registry.schema": ["NOTICE.md"],
                   # Alembic's template for new revisions (the revisions themselves are modules).
-                  "kontor.registry.migrations": ["script.py.mako"]},
+                  "kontor.registry.migrations": ["script.py.mako"],
+                  # The registry pages' script and stylesheet (their templates are *.html of a package).
+                  "kontor.registry": ["static/*.js", "static/*.css"]},
     include_package_data=True,
 )

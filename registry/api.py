@@ -75,13 +75,17 @@ from kontor.tenancy import InvalidTenant, validate_tenant
 __all__ = [
     "ApiError",
     "api_routes",
+    "apply_decision",
+    "authorize_decision",
     "catalog_entry_json",
     "connector_json",
     "error_response",
+    "grant_installation_scopes",
     "installation_json",
     "official_entry",
     "publisher_json",
     "read_api_routes",
+    "require_installation_admin",
     "version_json",
 ]
 
@@ -308,6 +312,34 @@ async def readable_version(ctx: RegistryContext, caller: Caller, version_id: uui
     if not (caller.platform_admin or owns(caller, publisher)):
         raise ApiError(404, f"no version {version_id}")
     return version, server, publisher
+
+
+def authorize_decision(caller: Caller, decision: Decision, version: Version, server: Server,
+                       publisher: Publisher) -> None:
+    """Who may take ``decision`` on ``version`` (the API's and the pages' rule; raises :class:`ApiError`).
+
+    Deprecate: the publisher's owner or a platform admin (anyone else: 404, the version is not theirs to
+    see). Everything else: platform admins only (403); the store still refuses a platform admin's decision
+    on a version they published, inside the decision's transaction.
+    """
+    if decision == Decision.deprecate:
+        if not (owns(caller, publisher) or caller.platform_admin):
+            raise ApiError(404 if not caller.platform_admin else 403, f"no version {version.id}")
+    elif not caller.platform_admin:
+        if owns(caller, publisher):
+            raise ApiError(403, f"{caller.email} published version {version.version!r} of {server.name!r} and "
+                                f"cannot {decision.value.replace('_', ' ')} it; a platform admin must")
+        raise ApiError(403, f"{caller.email} of tenant {caller.tenant!r} is not a platform admin and cannot "
+                            f"{decision.value.replace('_', ' ')} a version")
+
+
+async def apply_decision(ctx: RegistryContext, caller: Caller, decision: Decision, version_id: uuid.UUID,
+                         reason: str) -> Version:
+    """Carry out a decision :func:`authorize_decision` allowed (the service records actor, reason, event)."""
+    operation = {Decision.approve: ctx.service.approve, Decision.reject: ctx.service.reject,
+                 Decision.request_changes: ctx.service.request_changes, Decision.revoke: ctx.service.revoke,
+                 Decision.deprecate: ctx.service.deprecate}[decision]
+    return await operation(version_id, caller.actor, reason)
 
 
 # --- shapes -----------------------------------------------------------------------------------------
@@ -647,19 +679,8 @@ async def decide(request: Request, ctx: RegistryContext) -> Response:
     version = await ctx.store.get_version(version_id)
     server = await ctx.store.get_server(version.server_id)
     publisher = await ctx.store.get_publisher(server.publisher_id)
-    if decision == Decision.deprecate:
-        if not (owns(caller, publisher) or caller.platform_admin):
-            raise ApiError(404 if not caller.platform_admin else 403, f"no version {version_id}")
-    elif not caller.platform_admin:
-        if owns(caller, publisher):
-            raise ApiError(403, f"{caller.email} published version {version.version!r} of {server.name!r} and "
-                                f"cannot {decision.value.replace('_', ' ')} it; a platform admin must")
-        raise ApiError(403, f"{caller.email} of tenant {caller.tenant!r} is not a platform admin and cannot "
-                            f"{decision.value.replace('_', ' ')} a version")
-    operation = {Decision.approve: ctx.service.approve, Decision.reject: ctx.service.reject,
-                 Decision.request_changes: ctx.service.request_changes, Decision.revoke: ctx.service.revoke,
-                 Decision.deprecate: ctx.service.deprecate}[decision]
-    decided = await operation(version.id, caller.actor, reason)
+    authorize_decision(caller, decision, version, server, publisher)
+    decided = await apply_decision(ctx, caller, decision, version.id, reason)
     run = await ctx.store.latest_review_run(decided.id)
     return ok(version_json(decided, server, run=run, decisions=await ctx.store.list_decisions(decided.id)))
 
@@ -693,12 +714,17 @@ async def connector(request: Request, ctx: RegistryContext) -> Response:
     return ok(connector_json(ctx, tenant))
 
 
-async def _admin(request: Request, ctx: RegistryContext) -> tuple[str, Caller]:
-    tenant = _path_tenant(request)
-    caller = await require_caller(request, ctx, tenant)
+async def require_installation_admin(ctx: RegistryContext, caller: Caller, tenant: str) -> None:
+    """The caller manages ``tenant``'s installations: ``tenant:admin`` for that tenant and an enabled admin user."""
     require_tenant_admin(caller, tenant)
     if not await ctx.store.is_tenant_admin(tenant, caller.actor):
         raise ApiError(403, f"{caller.email} is not an enabled admin of tenant {tenant!r}")
+
+
+async def _admin(request: Request, ctx: RegistryContext) -> tuple[str, Caller]:
+    tenant = _path_tenant(request)
+    caller = await require_caller(request, ctx, tenant)
+    await require_installation_admin(ctx, caller, tenant)
     return tenant, caller
 
 
@@ -797,7 +823,18 @@ async def grant_scopes(request: Request, ctx: RegistryContext) -> Response:
     scopes = field_str_list(body, "scopes")
     if scopes is None:
         raise ApiError(400, "field 'scopes' (a list of scope names) is required")
-    server = await ctx.store.visible_server(tenant, _server_param(request))
+    slug = await grant_installation_scopes(ctx, caller, tenant, _server_param(request), scopes)
+    return ok(await _installation_detail(ctx, tenant, slug))
+
+
+async def grant_installation_scopes(ctx: RegistryContext, caller: Caller, tenant: str, server_name: str,
+                                    scopes: Sequence[str]) -> str:
+    """Set an installation's granted scopes to a subset of what its version's approved tools need (422 for more).
+
+    The caller must already be an installation admin of ``tenant`` (:func:`require_installation_admin`).
+    Returns the installation's gateway name.
+    """
+    server = await ctx.store.visible_server(tenant, server_name)
     current = await ctx.store.get_installation(tenant, server.slug)
     if current is None or current.state == InstallationState.uninstalled or current.version is None:
         raise ApiError(404, f"{server.name} is not installed for tenant {tenant!r}")
@@ -815,7 +852,7 @@ async def grant_scopes(request: Request, ctx: RegistryContext) -> Response:
         path=[], upstream_url=current.upstream_url, granted_scopes=sorted(set(scopes)), config=current.config,
         tools=tools, allowed_from={InstallationState.requested, *SERVED_STATES, InstallationState.disabled},
         expect_version=current.version, detail={"scopes": sorted(set(scopes))})
-    return ok(await _installation_detail(ctx, tenant, server.slug))
+    return server.slug
 
 
 async def list_secrets(request: Request, ctx: RegistryContext) -> Response:

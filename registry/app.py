@@ -42,8 +42,11 @@ verification decides. A route of a tenant then answers 403 to a caller of anothe
   admins, :meth:`RegistryContext.caller`); :func:`context_of` returns it inside a handler of
   either app;
 * :data:`EXTRA_ROUTE_FACTORIES` and ``build_registry_app(..., extra_routes=...)`` — more routes
-  under ``/registry`` (HTML pages, static files): a factory gets the context provider and returns
-  Starlette routes; the API's paths (``/api/…``, ``/openapi.json``) are taken;
+  under ``/registry``: a factory gets the context provider and returns Starlette routes; the API's
+  paths (``/api/…``, ``/openapi.json``) are taken, and on the gateway (:func:`gateway_mounts`) so
+  are the pages' (:func:`kontor.registry.pages.page_routes`: ``/``, ``/login``, ``/logout``,
+  ``/review``, ``/versions/…``, ``/publish``, ``/publishers/…``, ``/catalog…``, ``/install``,
+  ``/installations…``, ``/connect``, ``/static/…``);
 * :mod:`kontor.registry.api` — the handlers' building blocks are public: the JSON shapes
   (``version_json``, ``installation_json``, …), the error mapping (``error_response``), and the
   operations with their authorization rules as plain async functions taking a context and a
@@ -294,7 +297,8 @@ def context_of(request: Request) -> RegistryContext:
 
 
 def build_registry_app(provider: ContextProvider, *, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
-    """The app mounted at ``/registry``: the JSON API, ``/openapi.json``, then the extra routes (pages)."""
+    """The app mounted at ``/registry``: the JSON API, ``/openapi.json``, then the extra routes (the gateway
+    passes the pages, :func:`kontor.registry.pages.page_routes`; see :func:`gateway_mounts`)."""
     from kontor.registry.api import api_routes
 
     routes: list[BaseRoute] = [*api_routes(), *extra_routes]
@@ -325,7 +329,10 @@ def gateway_mounts(runtime: Callable[[], Any]) -> list[Mount]:
             cache["runtime"] = rt
         return cache["context"]
 
-    return [Mount("/registry", app=build_registry_app(provider)), Mount("/v0.1", app=build_read_api_app(provider))]
+    from kontor.registry.pages import page_routes
+
+    return [Mount("/registry", app=build_registry_app(provider, extra_routes=page_routes(provider))),
+            Mount("/v0.1", app=build_read_api_app(provider))]
 
 
 # --- the gateway's drift report ----------------------------------------------------------------
