@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 # The MCP conformance suite (npm, version pinned in its package-lock.json), installed once per lockfile.
 CONFORMANCE := tests/conformance
 CONFORMANCE_STAMP := $(CONFORMANCE)/node_modules/.installed
+# The browser test's driver (playwright-core, pinned in its package-lock.json; it drives Debian's chromium).
+BROWSER := tests/browser
+BROWSER_STAMP := $(BROWSER)/node_modules/.installed
 
 .PHONY: up test lint bench install
 
@@ -21,12 +24,16 @@ $(CONFORMANCE_STAMP): $(CONFORMANCE)/package.json $(CONFORMANCE)/package-lock.js
 	cd $(CONFORMANCE) && npm ci --no-audit --no-fund
 	touch $(CONFORMANCE_STAMP)
 
+$(BROWSER_STAMP): $(BROWSER)/package.json $(BROWSER)/package-lock.json
+	cd $(BROWSER) && npm ci --no-audit --no-fund
+	touch $(BROWSER_STAMP)
+
 install: $(STAMP)
 
 up: $(STAMP)
 	$(BIN)/kontor up
 
-test: $(STAMP) $(CONFORMANCE_STAMP)
+test: $(STAMP) $(CONFORMANCE_STAMP) $(BROWSER_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 

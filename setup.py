@@ -37,6 +37,8 @@ setup(
     package_dir=PACKAGE_DIR,
     # The registry ships the MIT notice of its bundled server.json schema next to the schema.
     package_data={"": ["*.json", "*.txt", "*.html", "*.sql"], "kontor.registry.schema": ["NOTICE.md"],
+                  # The web chat's templates and its script, stylesheet and icon (kontor.host.web).
+                  "kontor.host": ["templates/*.html", "static/*.js", "static/*.css", "static/*.svg"],
                   # Alembic's template for new revisions (the revisions themselves are modules).
                   "kontor.registry.migrations": ["script.py.mako"],
                   # The registry pages' script and stylesheet (their templates are *.html of a package).

@@ -31,7 +31,7 @@ from mcp.server.transport_security import TransportSecurityMiddleware, Transport
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Message, Receive, Scope, Send
 
 from kontor.gateway.audit import AuditEvent, AuditLog
@@ -397,6 +397,11 @@ def build_app(settings: GatewaySettings | None = None, *, db: GatewayDB | None =
         Route("/.well-known/oauth-protected-resource/t/{tenant}/mcp", resource_metadata, methods=["GET"]),
         Route("/t/{tenant}/mcp", endpoint, methods=["GET", "POST", "DELETE"]),
     ]
+    # The bundled web chat (kontor.host.web) on the gateway's origin; KONTOR_GATEWAY_CHAT=false leaves it out.
+    from kontor.host.web import build_host_app, chat_enabled
+
+    if chat_enabled():
+        routes.append(Mount("/chat", app=build_host_app(settings)))
     # The registry (kontor.registry.app): JSON API and pages under /registry, the official read API under /v0.1.
     from kontor.registry.app import gateway_mounts
 

@@ -286,6 +286,8 @@ def up(
         endpoint = gateway.resource_uri(DEMO_TENANT)
         out.print(f"[bold green]Kontor is up[/] (data in {settings.data_root})")
         out.print(f"  MCP endpoint   {endpoint}", highlight=False)
+        if os.environ.get("KONTOR_GATEWAY_CHAT", "true").strip().lower() not in ("0", "false", "no", "off"):
+            out.print(f"  web chat       {gateway.origin}/chat/ (workspace {DEMO_TENANT})", highlight=False)
         login = result.login
         if login is not None and login.password:
             out.print(f"  dev login      tenant {login.tenant}, {login.email} / {login.password}", highlight=False)
