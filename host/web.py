@@ -83,10 +83,20 @@ from kontor.host.providers import (
 from kontor.host.providers import (
     Message as ProviderMessage,
 )
+from kontor.host.recording import (
+    RecordingError,
+    RecordingUnavailable,
+    delete_recorded,
+    list_recorded,
+    record_feedback,
+    record_turn,
+)
 from kontor.host.store import HostStore, NotFound, Owner, StoredMessage, TokensUnavailable, WebSession, default_url
 from kontor.settings import get_limits, get_settings
 from kontor.tenancy import InvalidTenant, validate_tenant
 
+#: Key under an answer's ``usage`` holding the id of its record in the lakehouse ``interactions``.
+INTERACTION_KEY = "interaction_id"
 log = logging.getLogger(__name__)
 
 __all__ = ["HostRuntime", "HostSettings", "build_host_app", "chat_enabled", "dumps"]
@@ -484,9 +494,15 @@ class HostRuntime:
             policy = UserApprovalPolicy(self.store.approvals, tenant, web.user.subject, ask_all=ask_all)
             async with self.mcp(session_id, tenant, default_timeout_s=self.agent_config.tool_timeout_s) as mcp:
                 agent = Agent(provider, mcp, policy, WebInteraction(turn), self.agent_config)
+                finished: list[Any] = []
+                final: AnswerComplete | None = None
                 async for event in agent.run(history, user_message, stop=turn.stop):
                     if event.type == "text_delta":
                         texts.append(event.text)  # type: ignore[union-attr]
+                    elif event.type == "tool_call_finished":
+                        finished.append(event)
+                    elif isinstance(event, AnswerComplete):
+                        final = event
                     await self._record(turn, event)
                     data = event.to_dict()
                     data.pop("type", None)
@@ -497,6 +513,8 @@ class HostRuntime:
                     elif event.type == "tool_call_finished":
                         data["structured_content"] = _cap(data.get("structured_content"))
                     turn.emit(event.type, data)
+                if final is not None and not final.partial and final.text:
+                    await self._record_interaction(turn, mcp, user_message.text, final, finished)
         except asyncio.CancelledError:
             failure = "The answer was interrupted (the server is shutting down)."
             raise
@@ -553,6 +571,19 @@ class HostRuntime:
             pass  # the conversation was deleted meanwhile
         except Exception:
             log.exception("recording a turn event failed")
+
+    async def _record_interaction(self, turn: Turn, mcp: McpSession, question: str, final: AnswerComplete,
+                                  finished: list[Any]) -> None:
+        """The question, answer and tools in the tenant's lakehouse ``interactions`` (through the gateway,
+        with the user's own ``lakehouse:interactions`` scope); its id is kept with the answer for feedback."""
+        interaction_id = await record_turn(mcp, question=question, answer_event=final, tool_events=finished,
+                                           conversation_id=turn.conversation_id, message_id=turn.message_id)
+        if interaction_id is None:
+            return
+        with contextlib.suppress(Exception):
+            await self.store.update_message(turn.owner, turn.message_id, usage={
+                "input_tokens": final.input_tokens, "output_tokens": final.output_tokens, "steps": final.steps,
+                INTERACTION_KEY: interaction_id})
 
     def turn_for(self, turn_id: str, owner: Owner) -> Turn:
         turn = self.turns.get(turn_id)
@@ -732,6 +763,8 @@ class HostApp:
             Route("/api/turns/{tid}/sampling/{sid}", h(self.sampling, csrf=True), methods=["POST"]),
             Route("/api/messages/{mid}/feedback", h(self.feedback, csrf=True), methods=["POST"]),
             Route("/api/passage", h(self.passage), methods=["GET"]),
+            Route("/api/recorded", h(self.list_recorded_interactions), methods=["GET"]),
+            Route("/api/recorded/delete", h(self.delete_recorded_interactions, csrf=True), methods=["POST"]),
             Route("/api/settings", h(self.get_settings), methods=["GET"]),
             Route("/api/settings", h(self.update_settings, csrf=True), methods=["POST"]),
             Route("/api/settings/approvals/forget", h(self.forget_approval, csrf=True), methods=["POST"]),
@@ -986,11 +1019,47 @@ class HostApp:
         comment = data.get("comment") if isinstance(data.get("comment"), str) else ""
         if rating not in (1, -1) or isinstance(rating, bool):
             return _error(400, "rating must be 1 (thumbs up) or -1 (thumbs down)")
+        mid = _uuid(request.path_params["mid"])
         try:
-            fb = await self.rt.store.set_feedback(web.owner, _uuid(request.path_params["mid"]), rating, comment)
+            fb = await self.rt.store.set_feedback(web.owner, mid, rating, comment)
         except ValueError as exc:
             return _error(400, str(exc))
-        return JSON({"rating": fb.rating, "comment": fb.comment})
+        interaction_id = (await self.rt.store.get_message(web.owner, mid)).usage.get(INTERACTION_KEY)
+        recorded = False
+        if isinstance(interaction_id, str):  # the training data gets the rating too
+            with contextlib.suppress(McpSessionError, OSError):
+                async with self.rt.mcp(session_id, web.user.tenant) as mcp:
+                    recorded = await record_feedback(mcp, interaction_id, rating, comment or None)
+        return JSON({"rating": fb.rating, "comment": fb.comment, "recorded": recorded})
+
+    async def list_recorded_interactions(self, request: Request, web: WebSession, session_id: str) -> Response:
+        """What the tenant's lakehouse recorded about this user (questions, answers, tools, feedback)."""
+        cursor = request.query_params.get("cursor") or None
+        try:
+            async with self.rt.mcp(session_id, web.user.tenant) as mcp:
+                page = await list_recorded(mcp, limit=50, cursor=cursor)
+        except RecordingUnavailable as exc:
+            return _error(404, str(exc))
+        except (RecordingError, McpSessionError, OSError) as exc:
+            return _error(502, f"the recorded interactions could not be read: {exc}")
+        return JSON({"interactions": [dict(i) for i in page.interactions], "total": page.total,
+                     "next_cursor": page.next_cursor})
+
+    async def delete_recorded_interactions(self, request: Request, web: WebSession, session_id: str) -> Response:
+        """Delete what was recorded about this user: ``{"ids": [...]}`` or ``{"all": true}``."""
+        data = await _json_body(request)
+        ids = data.get("ids")
+        which: Any = "all" if data.get("all") is True else ids
+        if which != "all" and (not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids)):
+            return _error(400, 'send {"ids": [...]} or {"all": true}')
+        try:
+            async with self.rt.mcp(session_id, web.user.tenant) as mcp:
+                deleted = await delete_recorded(mcp, which)
+        except RecordingUnavailable as exc:
+            return _error(404, str(exc))
+        except (RecordingError, McpSessionError, OSError) as exc:
+            return _error(502, f"the recorded interactions could not be deleted: {exc}")
+        return JSON({"deleted": deleted})
 
     async def passage(self, request: Request, web: WebSession, session_id: str) -> Response:
         """The cited passage with some text around it, read through the gateway like any tool call."""

@@ -819,10 +819,33 @@
     }
   }
 
+  async function loadRecorded() {
+    const list = $("#recorded-list");
+    let data;
+    try {
+      data = await api("GET", "/api/recorded");
+    } catch (e) {
+      list.replaceChildren(el("li", { class: "empty", text: e.message }));
+      return;
+    }
+    const rows = data.interactions.map((item) => el("li", {},
+      el("span", { text: item.question }),
+      el("button", { type: "button", class: "btn small", text: "Delete", "aria-label": "Delete: " + item.question,
+        onclick: async () => { await api("POST", "/api/recorded/delete", { ids: [item.id] }); loadRecorded(); } })));
+    list.replaceChildren(...(rows.length ? rows : [el("li", { class: "empty", text: "Nothing recorded." })]));
+  }
+
   if (dialog) {
     $("#open-settings").addEventListener("click", async () => {
       dialog.showModal();
       try { await loadSettings(); } catch (e) { /* the dialog shows what the page knows */ }
+      loadRecorded();
+    });
+    $("#recorded-delete-all").addEventListener("click", async () => {
+      try {
+        await api("POST", "/api/recorded/delete", { all: true });
+        loadRecorded();
+      } catch (e) { showError($("#recorded-delete-all"), e.message); }
     });
     $("#ask-every-tool").addEventListener("change", async (event) => {
       try { await api("POST", "/api/settings", { ask_every_tool: event.target.checked }); } catch (e) {

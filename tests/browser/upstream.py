@@ -120,6 +120,55 @@ def build(name: str) -> MCPServer:
         """A result full of markup."""
         return "<script>alert('tool')</script><img src=x onerror=alert('img')><b>bold?</b>"
 
+    # The lakehouse's interaction recording, same names, arguments, results and scope as the real one
+    # (servers/lakehouse/server.py); kept in memory per calling user (the gateway's token's subject).
+    recorded: dict[str, dict[str, Any]] = {}
+    own = {"io.kontor/scope": "interactions"}
+
+    def caller(ctx: Context) -> str:
+        import base64 as b64
+        import json as js
+
+        header = ctx.request_context.request.headers.get("authorization", "") if ctx.request_context.request else ""
+        payload = header.rpartition(" ")[2].split(".")[1] if header.count(".") == 2 else ""
+        claims = js.loads(b64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))) if payload else {}
+        return str(claims.get("sub", ""))
+
+    @server.tool(meta=own, structured_output=True)
+    def record_interaction(ctx: Context, question: str, answer: str, tools: list[str],
+                           citations: list[dict[str, Any]] | None = None, conversation_id: str | None = None,
+                           message_id: str | None = None) -> dict[str, Any]:
+        """Record a question and its answer (fixture of the lakehouse tool)."""
+        ident = f"i{len(recorded) + 1}"
+        recorded[ident] = {"id": ident, "user": caller(ctx), "question": question, "answer": answer, "tools": tools,
+                           "feedback": None, "comment": None, "message_id": message_id}
+        return {"id": ident, "ts": "2026-01-01T00:00:00Z", "created": True}
+
+    @server.tool(meta=own, structured_output=True)
+    def set_interaction_feedback(ctx: Context, interaction_id: str, feedback: int,
+                                 comment: str | None = None) -> dict[str, Any]:
+        """Rate a recorded interaction (fixture)."""
+        row = recorded.get(interaction_id)
+        if row is None or row["user"] != caller(ctx):
+            raise ToolError("no such interaction")
+        row.update(feedback=feedback, comment=comment)
+        return {"id": interaction_id, "feedback": feedback, "comment": comment}
+
+    @server.tool(meta=own, annotations=ro, structured_output=True)
+    def list_my_interactions(ctx: Context, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
+        """The caller's recorded interactions (fixture)."""
+        mine = [r for r in recorded.values() if r["user"] == caller(ctx)]
+        return {"interactions": mine[:limit], "total": len(mine), "next_cursor": None}
+
+    @server.tool(meta=own, annotations=types.ToolAnnotations(destructiveHint=True), structured_output=True)
+    def delete_my_interactions(ctx: Context, ids: list[str] | None = None, all: bool = False) -> dict[str, Any]:
+        """Delete the caller's recorded interactions (fixture)."""
+        user = caller(ctx)
+        gone = [i for i, r in recorded.items() if r["user"] == user and (all or i in (ids or []))]
+        for i in gone:
+            del recorded[i]
+        return {"deleted": len(gone)}
+
     @server.tool()
     async def ingest_upload(ctx: Context, name: str, content_base64: str, wait: bool = True) -> dict[str, Any]:
         """Ingest an uploaded file (pretends to; reports progress)."""

@@ -935,12 +935,23 @@ async def test_conversations_rename_delete_search_and_feedback(env: ChatEnv, fak
 
         assert (await browser.post(f"/chat/api/messages/{message_id}/feedback", {"rating": 5})).status_code == 400
         fb = await browser.post(f"/chat/api/messages/{message_id}/feedback", {"rating": -1, "comment": "zu kurz"})
-        assert fb.json() == {"rating": -1, "comment": "zu kurz"}
+        assert fb.json() == {"rating": -1, "comment": "zu kurz", "recorded": True}  # also in the lakehouse
         fb = await browser.post(f"/chat/api/messages/{message_id}/feedback", {"rating": 1})
         stored = (await browser.get(f"/chat/api/conversations/{cid}")).json()["messages"][1]["feedback"]
         assert stored == {"rating": 1, "comment": ""}
         page = await browser.get(f"/chat/c/{cid}")
         assert 'aria-label="Good answer" aria-pressed="true"' in page.text
+
+        # what the lakehouse recorded about this user: visible to them, and deletable
+        recorded = (await browser.get("/chat/api/recorded")).json()["interactions"]
+        mine = [r for r in recorded if r["question"] == "Wie lange ist die Zahlungsfrist?"]
+        assert mine and mine[0]["answer"] == "Die Zahlungsfrist beträgt 30 Tage." and mine[0]["feedback"] == 1
+        async with signed_in(env, ADA) as ada:  # another user sees none of it
+            assert all(r["question"] != "Wie lange ist die Zahlungsfrist?"
+                       for r in (await ada.get("/chat/api/recorded")).json()["interactions"])
+        assert (await browser.post("/chat/api/recorded/delete", {"ids": "x"})).status_code == 400
+        assert (await browser.post("/chat/api/recorded/delete", {"all": True})).json()["deleted"] >= 1
+        assert (await browser.get("/chat/api/recorded")).json()["interactions"] == []
 
         assert (await browser.post(f"/chat/api/conversations/{other}/delete", {})).status_code == 200
         assert (await browser.get(f"/chat/api/conversations/{other}")).status_code == 404
