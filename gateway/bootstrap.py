@@ -232,6 +232,16 @@ async def _install_first_party(db: GatewayDB, tenant: str, urls: Mapping[str, st
     result.enabled.extend(sorted(changed))
 
 
+async def install_first_party_for(db: GatewayDB, tenant: str, urls: Mapping[str, str] | None = None,
+                                  *, snapshots: Mapping[str, tuple[Sequence[Mapping[str, Any]], str | None]]
+                                  | None = None) -> list[str]:
+    """Install the approved first-party servers for a new ``tenant`` (``kontor tenant create`` does);
+    the names installed. The database must be migrated (:func:`kontor.registry.migrations.upgrade_async`)."""
+    result = BootstrapResult(tenant)
+    await _install_first_party(db, tenant, urls or first_party_urls(), result, snapshots=snapshots)
+    return result.enabled
+
+
 def name_platform_admin(data_dir: Path, tenant: str, email: str) -> Path:
     """Add ``tenant:email`` to ``<data_dir>/registry/platform-admins.txt`` (dev only; kept if already there)."""
     path = data_dir / "registry" / PLATFORM_ADMINS_FILE

@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from kontor.gateway.audit import AuditIntegrityError, AuditLog, VerifyResult
-from kontor.gateway.db import GatewayDB, GatewayDBError, Installation, Role, ToolPin
+from kontor.gateway.db import GatewayDB, GatewayDBError, Installation, Role, Tenant, ToolPin
 from kontor.gateway.naming import NamingError
 from kontor.gateway.scopes import read_scope, write_scope
 from kontor.settings import get_settings
@@ -110,10 +110,31 @@ def tenant_create(
     tenant: Annotated[str, typer.Argument(help="tenant id: lowercase letters, digits, inner hyphens")],
     name: Annotated[str | None, typer.Option("--name", help="display name (default: the id)")] = None,
     db: DbOpt = None,
+    first_party: Annotated[bool, typer.Option(
+        "--first-party/--no-first-party",
+        help="install the approved first-party servers (lakehouse, ingest) for the tenant")] = True,
 ) -> None:
-    """Create a tenant."""
-    created = _run(db, lambda g: g.create_tenant(tenant, name, actor=_actor()))
-    typer.echo(f"created tenant {created.id} ({created.name})")
+    """Create a tenant; the first-party servers are installed for it unless --no-first-party."""
+
+    async def create(g: GatewayDB) -> tuple[Tenant, list[str]]:
+        created = await g.create_tenant(tenant, name, actor=_actor())
+        if not first_party:
+            return created, []
+        from kontor.gateway.bootstrap import install_first_party_for
+
+        return created, await install_first_party_for(g, tenant)
+
+    if first_party:  # the registry's tables and the first-party catalog live in the same database
+        from kontor.registry.migrations import upgrade_async
+
+        url = db or default_db_url()
+        try:
+            anyio.run(upgrade_async, url)
+        except (SQLAlchemyError, OSError) as exc:
+            raise _fail(f"database {_safe_url(db)}: {type(exc).__name__}: {exc}") from None
+    created, installed = _run(db, create)
+    typer.echo(f"created tenant {created.id} ({created.name})"
+               + (f"; installed {', '.join(installed)}" if installed else ""))
 
 
 @tenant_app.command("list")

@@ -34,7 +34,21 @@ def fast(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def cli(*args: str, input: str | None = None) -> Any:  # noqa: A002 - CliRunner's name
+    if args[:2] == ("tenant", "create") and "--first-party" not in args:
+        args = (*args, "--no-first-party")  # installing the first-party catalog is tested once, below
     return runner.invoke(app, list(args), input=input)
+
+
+def test_tenant_create_installs_the_first_party_servers(data_root: Path, fast: None) -> None:
+    result = cli("tenant", "create", "acme", "--first-party")
+    assert result.exit_code == 0, result.output
+    assert "installed ingest, lakehouse" in result.stdout
+
+    async def installed() -> dict[str, str]:
+        async with fast_db(default_db_url()) as db:
+            return {i.server: i.state.value for i in await db.list_enabled("acme")}
+
+    assert asyncio.run(installed()) == {"ingest": "enabled", "lakehouse": "enabled"}
 
 
 def test_default_db_under_data_root(data_root: Path, fast: None) -> None:
