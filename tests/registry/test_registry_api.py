@@ -227,9 +227,12 @@ FIRST_PARTY_SNAPSHOTS = {
 }
 
 
-@pytest.fixture
-async def api(tmp_path: Path, net: Net) -> AsyncIterator[Harness]:
-    async for harness in make_harness(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}", net.config()):
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def api(request: pytest.FixtureRequest, tmp_path: Path, net: Net) -> AsyncIterator[Harness]:
+    """The API on either database: the registry runs on SQLite by default and on PostgreSQL at scale."""
+    url = (f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}" if request.param == "sqlite"
+           else str(request.getfixturevalue("pg_url")))
+    async for harness in make_harness(tmp_path, url, net.config()):
         yield harness
 
 
