@@ -29,5 +29,5 @@ def configure_logging(level: str = "INFO") -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "urllib3", "sentence_transformers", "lance", "lancedb"):
+    for noisy in ("httpx", "httpcore", "urllib3", "sentence_transformers", "lance", "lancedb", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -16,6 +16,7 @@ are found wherever the package is installed (no ``alembic.ini`` needed).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from alembic import command
@@ -58,6 +59,9 @@ def head_revision() -> str:
 
 
 def _prepare(url: str) -> None:
+    # Alembic narrates every step at INFO; in a CLI whose root logger is at INFO that chatter would
+    # land in the command's output. Migrations report problems by raising, so warnings are enough.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger("alembic").level))
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
