@@ -17,7 +17,8 @@ JSON API (signed-in; every POST needs the CSRF token and a same-origin ``Origin`
 * ``GET  /chat/api/conversations/<id>``                 messages with tool calls, citations, feedback
 * ``POST /chat/api/conversations/<id>/rename``          ``{"title"}``
 * ``POST /chat/api/conversations/<id>/delete``
-* ``POST /chat/api/conversations/<id>/messages``        ``{"text"}`` → ``{"turn_id", ...}``: starts a turn
+* ``POST /chat/api/conversations/<id>/messages``        ``{"text", "attachments": [uri, ...]}`` → ``{"turn_id", ...}``:
+  starts a turn; each attached resource is read through the gateway and its text added to what the model sees
 * ``GET  /chat/api/turns/<turn>/events``                the turn's events as Server-Sent Events
 * ``POST /chat/api/turns/<turn>/stop``                  Stop
 * ``POST /chat/api/turns/<turn>/approvals/<call>``      ``{"decision": "allow_once"|"always"|"deny"}``
@@ -25,6 +26,10 @@ JSON API (signed-in; every POST needs the CSRF token and a same-origin ``Origin`
 * ``POST /chat/api/turns/<turn>/sampling/<id>``         ``{"approve": true|false}``
 * ``POST /chat/api/messages/<id>/feedback``             ``{"rating": 1|-1, "comment"}``
 * ``GET  /chat/api/passage?document_id=&start=&end=``   the cited passage in its document (``lakehouse__get_document``)
+* ``GET  /chat/api/resources?q=``                      the resources and resource templates the user can read
+* ``GET  /chat/api/resources/read?uri=``               a resource's text (binary parts described, not inlined)
+* ``GET  /chat/api/prompts``                            the prompts with their arguments
+* ``POST /chat/api/prompts/get``                        ``{"name", "arguments"}`` → the prompt as text for the composer
 * ``GET  /chat/api/settings``, ``POST /chat/api/settings``, ``POST /chat/api/settings/approvals/forget``
 * ``POST /chat/api/admin/rules``                        ``{"key", "rule"}`` (``tenant:admin`` only)
 * ``POST /chat/api/upload``                             the file as the body, ``X-File-Name``; NDJSON progress
@@ -50,12 +55,15 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
+import mcp_types as types
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.applications import Starlette
@@ -107,6 +115,18 @@ LOGIN_COOKIE = "kontor_chat_login"
 UPLOAD_TOOL = "ingest__ingest_upload"
 DOCUMENT_TOOL = "lakehouse__get_document"
 MAX_JSON_BYTES = 256 * 1024
+#: Resources, resource templates and prompts listed at most (``truncated`` says when there were more).
+MAX_LISTED = 200
+#: Characters of a resource's text the read endpoint returns (more is cut and marked ``truncated``).
+MAX_RESOURCE_TEXT = 200_000
+#: Resources one message may attach, and the characters of each that the model gets.
+MAX_ATTACHMENTS = 5
+MAX_ATTACHMENT_CHARS = 50_000
+MAX_URI_CHARS = 2048
+MAX_PROMPT_ARGUMENTS = 32
+MAX_PROMPT_ARGUMENT_CHARS = 10_000
+#: How long reading a resource or getting a prompt through the gateway may take.
+RESOURCE_TIMEOUT_S = 30.0
 HEARTBEAT_S = 15.0
 HERE = Path(__file__).parent
 ROLE_MESSAGES: dict[str, type[Any]] = {"system": SystemMessage, "user": UserMessage, "assistant": AssistantMessage,
@@ -124,6 +144,9 @@ ICONS = {
     "menu": "M4 6h16M4 12h16M4 18h16",
     "close": "M6 6l12 12M18 6L6 18",
     "send": "M5 12h14M13 6l6 6-6 6",
+    "doc": "M14 3H7a2 2 0 0 0-2 2v14a2 2 0 0 0 2 2h10a2 2 0 0 0 2-2V8l-5-5zM14 3v5h5M9 13h6M9 17h6",
+    "prompt": "M4 5h16v11H9l-5 4V5zM8 9h8M8 12h5",
+    "back": "M19 12H5M11 6l-6 6 6 6",
 }
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -255,6 +278,112 @@ def _safe_next(value: str | None) -> str:
     return value
 
 
+#: Key of the entry in a user message's stored ``data`` that lists the resources attached to it (an
+#: entry without a ``role``, so the model's history leaves it out).
+ATTACHMENTS_KEY = "attachments"
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A resource attached to a question, as read through the gateway when the question was sent."""
+
+    uri: str
+    name: str
+    mime_type: str | None
+    text: str  # what the model gets (at most MAX_ATTACHMENT_CHARS)
+    chars: int  # the length of the resource's whole text
+    truncated: bool
+
+    def record(self) -> dict[str, Any]:
+        """What is stored with the message and shown with it."""
+        return {"uri": self.uri, "name": self.name, "mime_type": self.mime_type, "chars": self.chars,
+                "truncated": self.truncated}
+
+
+def _with_attachments(question: str, attachments: list[Attachment]) -> str:
+    """The question followed by each attached resource's text, clearly delimited (what the model sees)."""
+    blocks = [question]
+    for a in attachments:
+        cut = f"\n[… cut here: {len(a.text):,} of {a.chars:,} characters attached]" if a.truncated else ""
+        blocks.append(f"---\nAttached resource {a.uri}:\n{a.text}{cut}\n--- end of {a.uri}")
+    return "\n\n".join(blocks)
+
+
+def _attachments_of(m: StoredMessage | Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The attachment list stored with a user message (``[]`` for none)."""
+    data = m.get("data") if isinstance(m, Mapping) else m.data
+    for entry in data or []:
+        if isinstance(entry, dict) and "role" not in entry and isinstance(entry.get(ATTACHMENTS_KEY), list):
+            return [a for a in entry[ATTACHMENTS_KEY] if isinstance(a, dict) and isinstance(a.get("uri"), str)]
+    return []
+
+
+def _blob_size(blob: str) -> int:
+    """Bytes of base64 data (without decoding it)."""
+    blob = blob.strip()
+    return max(0, len(blob) * 3 // 4 - (len(blob) - len(blob.rstrip("="))))
+
+
+def _resource_parts(result: types.ReadResourceResult, limit: int) -> tuple[list[dict[str, Any]], bool]:
+    """A read resource's parts: text parts with their text (at most ``limit`` characters in all, the rest
+    cut and marked), binary parts by MIME type and size only."""
+    parts: list[dict[str, Any]] = []
+    budget, truncated = limit, False
+    for content in result.contents:
+        uri, mime = str(content.uri), content.mime_type
+        if isinstance(content, types.TextResourceContents):
+            text = content.text
+            cut = len(text) > budget
+            if cut:
+                text, truncated = text[:budget], True
+            budget -= len(text)
+            parts.append({"uri": uri, "mimeType": mime, "text": text, "chars": len(content.text), "truncated": cut})
+        else:
+            parts.append({"uri": uri, "mimeType": mime, "binary": True, "size": _blob_size(content.blob)})
+    return parts, truncated
+
+
+def _resource_json(r: types.Resource) -> dict[str, Any]:
+    return {"name": r.name, "title": r.title, "uri": str(r.uri), "description": r.description,
+            "mimeType": r.mime_type, "size": r.size}
+
+
+def _template_json(t: types.ResourceTemplate) -> dict[str, Any]:
+    return {"name": t.name, "title": t.title, "uriTemplate": t.uri_template, "description": t.description,
+            "mimeType": t.mime_type}
+
+
+def _prompt_json(p: types.Prompt) -> dict[str, Any]:
+    return {"name": p.name, "title": p.title, "description": p.description,
+            "arguments": [{"name": a.name, "title": getattr(a, "title", None), "description": a.description,
+                           "required": bool(a.required)} for a in p.arguments or []]}
+
+
+def _content_text(content: Any) -> str:
+    """One prompt message's content as text (what is not text is named, not inlined)."""
+    if isinstance(content, types.TextContent):
+        return content.text
+    if isinstance(content, types.EmbeddedResource):
+        resource = content.resource
+        if isinstance(resource, types.TextResourceContents):
+            return f"Resource {resource.uri}:\n{resource.text}"
+        return f"[binary resource {resource.uri} ({resource.mime_type or 'unknown type'}) left out]"
+    if isinstance(content, types.ResourceLink):
+        return f"[resource {content.uri}{': ' + content.name if content.name else ''}]"
+    kind = getattr(content, "type", "content")
+    mime = getattr(content, "mime_type", None)
+    return f"[{kind}{f' ({mime})' if mime else ''} left out]"
+
+
+def _prompt_text(result: types.GetPromptResult) -> tuple[str, list[dict[str, str]]]:
+    """A prompt's messages as one text for the composer: their texts, each labelled with its role when the
+    prompt has more than the user's part."""
+    messages = [{"role": m.role, "text": _content_text(m.content)} for m in result.messages]
+    if all(m["role"] == "user" for m in messages):
+        return "\n\n".join(m["text"] for m in messages), messages
+    return "\n\n".join(f"{m['role'].capitalize()}: {m['text']}" for m in messages), messages
+
+
 def _cap(value: Any, limit: int = 16_000) -> Any:
     """``value`` when its JSON is at most ``limit`` characters, else None (structured output in events)."""
     try:
@@ -291,6 +420,7 @@ class HostRuntime:
                                autoescape=select_autoescape(default=True, default_for_string=True))
         self.env.filters["pretty"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False, default=str)
         self.env.filters["json"] = lambda v: json.dumps(v, ensure_ascii=False, default=str)
+        self.env.filters["attachments"] = _attachments_of
         self.static: dict[str, tuple[bytes, str]] = {}
         for name, media in (("chat.js", "text/javascript; charset=utf-8"), ("chat.css", "text/css; charset=utf-8"),
                             ("icon.svg", "image/svg+xml")):
@@ -461,28 +591,38 @@ class HostRuntime:
 
     # -- turns
 
-    async def start_turn(self, web: WebSession, session_id: str, conversation_id: uuid.UUID, text: str
-                         ) -> tuple[Turn, StoredMessage]:
-        owner = web.owner
+    def ensure_idle(self, conversation_id: uuid.UUID) -> None:
+        """Refuse (409) while an answer is still being written in the conversation."""
         current = self.running.get(conversation_id)
         if current is not None and not current.done and not current.answered:
             raise _Refused(_error(409, "an answer is still being written in this conversation; stop it first"))
+
+    async def start_turn(self, web: WebSession, session_id: str, conversation_id: uuid.UUID, text: str,
+                         attachments: list[Attachment] | None = None) -> tuple[Turn, StoredMessage]:
+        """Store the question and start answering it. ``attachments``: resources already read; their text
+        is part of what the model sees (and, through the stored history, of later turns), while the
+        message shows the question with the list of attachments."""
+        owner = web.owner
+        self.ensure_idle(conversation_id)
         history = [m for m in (_message(d) for d in await self.store.history(owner, conversation_id)) if m]
-        user_message = UserMessage(text=text)
-        stored = await self.store.add_message(owner, conversation_id, "user", text,
-                                              data=[user_message.model_dump(mode="json")], title_if_empty=text)
+        attachments = attachments or []
+        user_message = UserMessage(text=_with_attachments(text, attachments))
+        data: list[Any] = [user_message.model_dump(mode="json")]
+        if attachments:
+            data.append({ATTACHMENTS_KEY: [a.record() for a in attachments]})
+        stored = await self.store.add_message(owner, conversation_id, "user", text, data=data, title_if_empty=text)
         answer = await self.store.add_message(owner, conversation_id, "assistant", "", partial=True,
                                               stop_reason="running")
         turn = Turn(owner, conversation_id, answer.id)
         self.turns[turn.id] = turn
         self.running[conversation_id] = turn
         ask_all = bool(web.user.settings.get("ask_every_tool"))
-        turn.task = self.spawn(self._drive(turn, web, session_id, history, user_message, ask_all),
+        turn.task = self.spawn(self._drive(turn, web, session_id, history, user_message, ask_all, question=text),
                                f"kontor-chat-turn-{turn.id}")
         return turn, stored
 
     async def _drive(self, turn: Turn, web: WebSession, session_id: str, history: list[ProviderMessage],
-                     user_message: UserMessage, ask_all: bool) -> None:
+                     user_message: UserMessage, ask_all: bool, *, question: str | None = None) -> None:
         tenant = web.user.tenant
         answered = False
         texts: list[str] = []
@@ -491,6 +631,9 @@ class HostRuntime:
             provider, _, problem = await self.model_for(tenant)
             if problem:
                 turn.emit("notice", {"kind": "model_settings", "message": problem})
+            question = user_message.text if question is None else question
+            if provider is None:  # retrieval only: the question is what is searched, not the attachments
+                user_message = UserMessage(text=question)
             policy = UserApprovalPolicy(self.store.approvals, tenant, web.user.subject, ask_all=ask_all)
             async with self.mcp(session_id, tenant, default_timeout_s=self.agent_config.tool_timeout_s) as mcp:
                 agent = Agent(provider, mcp, policy, WebInteraction(turn), self.agent_config)
@@ -514,7 +657,7 @@ class HostRuntime:
                         data["structured_content"] = _cap(data.get("structured_content"))
                     turn.emit(event.type, data)
                 if final is not None and not final.partial and final.text:
-                    await self._record_interaction(turn, mcp, user_message.text, final, finished)
+                    await self._record_interaction(turn, mcp, question, final, finished)
         except asyncio.CancelledError:
             failure = "The answer was interrupted (the server is shutting down)."
             raise
@@ -636,6 +779,7 @@ def _message_json(m: StoredMessage) -> dict[str, Any]:
                         "duration_s": c.duration_s, "preview": c.preview, "error": c.error, "approval": c.approval}
                        for c in m.tool_calls],
         "feedback": ({"rating": m.feedback.rating, "comment": m.feedback.comment} if m.feedback else None),
+        "attachments": _attachments_of(m),
     }
 
 
@@ -763,6 +907,10 @@ class HostApp:
             Route("/api/turns/{tid}/sampling/{sid}", h(self.sampling, csrf=True), methods=["POST"]),
             Route("/api/messages/{mid}/feedback", h(self.feedback, csrf=True), methods=["POST"]),
             Route("/api/passage", h(self.passage), methods=["GET"]),
+            Route("/api/resources", h(self.list_resources), methods=["GET"]),
+            Route("/api/resources/read", h(self.read_resource), methods=["GET"]),
+            Route("/api/prompts", h(self.list_prompts), methods=["GET"]),
+            Route("/api/prompts/get", h(self.get_prompt, csrf=True), methods=["POST"]),
             Route("/api/recorded", h(self.list_recorded_interactions), methods=["GET"]),
             Route("/api/recorded/delete", h(self.delete_recorded_interactions, csrf=True), methods=["POST"]),
             Route("/api/settings", h(self.get_settings), methods=["GET"]),
@@ -927,8 +1075,19 @@ class HostApp:
             return _error(400, "the message is empty")
         if len(text) > self.rt.settings.max_message_chars:
             return _error(413, f"the message is longer than {self.rt.settings.max_message_chars:,} characters")
+        raw = data.get("attachments")
+        if raw is None:
+            raw = []
+        if not isinstance(raw, list) or not all(isinstance(u, str) and u.strip() and len(u) <= MAX_URI_CHARS
+                                                and not any(ord(c) < 32 for c in u) for u in raw):
+            return _error(400, "attachments must be a list of resource URIs")
+        uris = list(dict.fromkeys(u.strip() for u in raw))
+        if len(uris) > MAX_ATTACHMENTS:
+            return _error(400, f"at most {MAX_ATTACHMENTS} resources can be attached to a message")
         await self.rt.store.get_conversation(web.owner, cid)
-        turn, stored = await self.rt.start_turn(web, session_id, cid, text.strip())
+        self.rt.ensure_idle(cid)
+        attachments = await self._read_attachments(web, session_id, uris) if uris else []
+        turn, stored = await self.rt.start_turn(web, session_id, cid, text.strip(), attachments)
         return JSON({"turn_id": turn.id, "events": f"{PREFIX}/api/turns/{turn.id}/events",
                      "user_message_id": str(stored.id), "message_id": str(turn.message_id)}, status_code=202)
 
@@ -1091,6 +1250,139 @@ class HostApp:
         return JSON({"document_id": document_id, "title": doc.get("title"), "source": doc.get("source"),
                      "before": text[:a], "passage": text[a:b], "after": text[b:],
                      "truncated_before": base > 0, "truncated_after": doc.get("next_text_offset") is not None})
+
+    # -- API: resources and prompts (read through the gateway with the user's session)
+
+    async def _read_attachments(self, web: WebSession, session_id: str, uris: list[str]) -> list[Attachment]:
+        """Read the resources attached to a message; refuses the message (400) when one cannot be read
+        or has no text."""
+        out: list[Attachment] = []
+        try:
+            async with self.rt.mcp(session_id, web.user.tenant) as mcp:
+                names: dict[str, str] = {}
+                with contextlib.suppress(MCPError):
+                    async with asyncio.timeout(RESOURCE_TIMEOUT_S):
+                        names = {str(r.uri): r.title or r.name for r in await mcp.list_resources()}
+                for uri in uris:
+                    try:
+                        async with asyncio.timeout(RESOURCE_TIMEOUT_S):
+                            result = await mcp.read_resource(uri)
+                    except MCPError as exc:
+                        raise _Refused(_error(400, f"the resource {uri} could not be attached: {exc.message}",
+                                              uri=uri)) from None
+                    parts, truncated = _resource_parts(result, MAX_ATTACHMENT_CHARS)
+                    texts = [p for p in parts if "text" in p]
+                    if not texts:
+                        raise _Refused(_error(400, f"the resource {uri} has no text that could be attached",
+                                              uri=uri))
+                    binary = [f"[binary part {p['uri']} ({p['mimeType'] or 'unknown type'}, {p['size']:,} bytes) "
+                              "left out]" for p in parts if p.get("binary")]
+                    out.append(Attachment(uri=uri, name=names.get(uri) or uri, mime_type=texts[0]["mimeType"],
+                                          text="\n\n".join([*(p["text"] for p in texts), *binary]),
+                                          chars=sum(p["chars"] for p in texts), truncated=truncated))
+        except TimeoutError:
+            raise _Refused(_error(504, "reading the attached resources took too long")) from None
+        except (McpSessionError, OSError) as exc:
+            raise _Refused(_error(502, f"the attached resources could not be read: {exc}")) from None
+        return out
+
+    async def list_resources(self, request: Request, web: WebSession, session_id: str) -> Response:
+        """The resources and resource templates this user can read (``q`` filters by name, title, URI and
+        description; at most MAX_LISTED of each)."""
+        q = (request.query_params.get("q") or "").strip().lower()[:200]
+        try:
+            async with self.rt.mcp(session_id, web.user.tenant) as mcp:
+                async with asyncio.timeout(RESOURCE_TIMEOUT_S):
+                    resources = await mcp.list_resources()
+                    templates = await mcp.list_resource_templates()
+        except TimeoutError:
+            return _error(504, "listing the resources took too long")
+        except MCPError as exc:
+            return _error(502, f"the resources could not be listed: {exc.message}")
+        except (McpSessionError, OSError) as exc:
+            return _error(502, f"the resources could not be listed: {exc}")
+
+        def matches(item: dict[str, Any]) -> bool:
+            return not q or any(q in str(item.get(k) or "").lower()
+                                for k in ("name", "title", "uri", "uriTemplate", "description"))
+
+        found = [r for r in dict((str(r.uri), _resource_json(r)) for r in resources).values() if matches(r)]
+        shapes = [t for t in dict((t.uri_template, _template_json(t)) for t in templates).values() if matches(t)]
+        return JSON({"resources": found[:MAX_LISTED], "templates": shapes[:MAX_LISTED],
+                     "truncated": len(found) > MAX_LISTED or len(shapes) > MAX_LISTED})
+
+    async def read_resource(self, request: Request, web: WebSession, session_id: str) -> Response:
+        """A resource's text parts (at most MAX_RESOURCE_TEXT characters, marked when cut); binary parts
+        are described by MIME type and size."""
+        uri = (request.query_params.get("uri") or "").strip()
+        if not uri or len(uri) > MAX_URI_CHARS or any(ord(c) < 32 for c in uri):
+            return _error(400, "uri is required (a resource URI)")
+        try:
+            async with self.rt.mcp(session_id, web.user.tenant) as mcp:
+                async with asyncio.timeout(RESOURCE_TIMEOUT_S):
+                    result = await mcp.read_resource(uri)
+        except TimeoutError:
+            return _error(504, "reading the resource took too long")
+        except MCPError as exc:
+            return _error(404, f"the resource could not be read: {exc.message}", uri=uri)
+        except (McpSessionError, OSError) as exc:
+            return _error(502, f"the resource could not be read: {exc}")
+        parts, truncated = _resource_parts(result, MAX_RESOURCE_TEXT)
+        return JSON({"uri": uri, "contents": parts, "truncated": truncated})
+
+    async def list_prompts(self, request: Request, web: WebSession, session_id: str) -> Response:
+        try:
+            async with self.rt.mcp(session_id, web.user.tenant) as mcp:
+                async with asyncio.timeout(RESOURCE_TIMEOUT_S):
+                    prompts = await mcp.list_prompts()
+        except TimeoutError:
+            return _error(504, "listing the prompts took too long")
+        except MCPError as exc:
+            return _error(502, f"the prompts could not be listed: {exc.message}")
+        except (McpSessionError, OSError) as exc:
+            return _error(502, f"the prompts could not be listed: {exc}")
+        return JSON({"prompts": [_prompt_json(p) for p in prompts[:MAX_LISTED]],
+                     "truncated": len(prompts) > MAX_LISTED})
+
+    async def get_prompt(self, request: Request, web: WebSession, session_id: str) -> Response:
+        """``{"name", "arguments"}`` → the prompt's messages as text for the composer. The arguments are
+        checked against the prompt's own list first: unknown ones and missing required ones are a 400."""
+        data = await _json_body(request)
+        name = data.get("name")
+        arguments = data.get("arguments") if data.get("arguments") is not None else {}
+        if not isinstance(name, str) or not name or len(name) > 200:
+            return _error(400, "name is required (a prompt's name)")
+        if not isinstance(arguments, dict) or len(arguments) > MAX_PROMPT_ARGUMENTS or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in arguments.items()):
+            return _error(400, "arguments must be an object of strings")
+        too_long = sorted(k for k, v in arguments.items() if len(v) > MAX_PROMPT_ARGUMENT_CHARS)
+        if too_long:
+            return _error(400, f"longer than {MAX_PROMPT_ARGUMENT_CHARS:,} characters: {', '.join(too_long)}")
+        values = {k: v for k, v in arguments.items() if v.strip()}
+        try:
+            async with self.rt.mcp(session_id, web.user.tenant) as mcp:
+                async with asyncio.timeout(RESOURCE_TIMEOUT_S):
+                    prompt = next((p for p in await mcp.list_prompts() if p.name == name), None)
+                    if prompt is None:
+                        return _error(404, f"there is no prompt {name!r} for you")
+                    declared = [a.name for a in prompt.arguments or []]
+                    unknown = sorted(set(values) - set(declared))
+                    if unknown:
+                        return _error(400, f"the prompt has no argument {', '.join(unknown)}", unknown=unknown)
+                    missing = [a.name for a in prompt.arguments or [] if a.required and a.name not in values]
+                    if missing:
+                        return _error(400, f"required: {', '.join(missing)}", missing=missing)
+                    result = await mcp.get_prompt(name, values)
+        except TimeoutError:
+            return _error(504, "getting the prompt took too long")
+        except MCPError as exc:
+            return _error(400, f"the prompt could not be used: {exc.message}")
+        except (McpSessionError, OSError) as exc:
+            return _error(502, f"the prompt could not be used: {exc}")
+        text, messages = _prompt_text(result)
+        limit = self.rt.settings.max_message_chars
+        return JSON({"name": name, "description": result.description or prompt.description, "text": text[:limit],
+                     "truncated": len(text) > limit, "messages": messages})
 
     async def get_settings(self, request: Request, web: WebSession, session_id: str) -> Response:
         approvals = await self.rt.store.approvals.list_user_decisions(web.user.tenant, web.user.subject)

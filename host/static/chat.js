@@ -622,11 +622,18 @@
     stopBtn.disabled = false;
   }
 
-  function appendUser(text) {
+  function attachmentList(items) {
+    return el("ul", { class: "msg-attachments", "aria-label": "Attached resources" },
+      ...items.map((a) => el("li", { class: "att-chip", title: a.uri }, icon("doc"),
+        el("span", { class: "att-name", text: a.name || a.uri }))));
+  }
+
+  function appendUser(text, attachments) {
     const welcome = $("#welcome");
     if (welcome) welcome.remove();
-    messagesEl.append(el("article", { class: "msg user", "aria-label": "Your question" },
-      el("div", { class: "bubble", text })));
+    const items = attachments || [];
+    messagesEl.append(el("article", { class: "msg user" + (items.length ? " has-attachments" : ""),
+      "aria-label": "Your question" }, items.length ? attachmentList(items) : null, el("div", { class: "bubble", text })));
     scrollDown(true);
   }
 
@@ -634,6 +641,7 @@
     const text = prompt.value.trim();
     if (!text || state.turn) return;
     let cid = body.dataset.conversationId;
+    const attachments = Array.from(attached, ([uri, name]) => ({ uri, name }));
     sendBtn.disabled = true;
     try {
       if (!cid) {
@@ -642,10 +650,14 @@
         body.dataset.conversationId = cid;
         history.replaceState(null, "", created.url);
       }
-      const started = await api("POST", "/api/conversations/" + cid + "/messages", { text });
+      const payload = { text };
+      if (attachments.length) payload.attachments = attachments.map((a) => a.uri);
+      const started = await api("POST", "/api/conversations/" + cid + "/messages", payload);
       prompt.value = "";
       autosize();
-      appendUser(text);
+      attached.clear();
+      renderAttachments();
+      appendUser(text, attachments);
       follow(started.turn_id, new AnswerView(started.message_id, started.turn_id));
     } catch (e) {
       showError($(".composer-box"), e.message);
@@ -675,6 +687,7 @@
   document.addEventListener("keydown", (event) => {
     if (event.key !== "Escape") return;
     if (document.querySelector("dialog[open]")) return;  // the dialog closes itself
+    if (closeMenu(true)) { event.preventDefault(); return; }
     if (state.turn) { event.preventDefault(); stopTurn(); return; }
     if (closePanel()) return;
     closeSidebar();
@@ -939,6 +952,317 @@
       if (file) upload(file);
       fileInput.value = "";
     });
+  }
+
+  // --- the "+" menu: attach a resource, use a prompt ------------------------------------------------
+
+  const moreBtn = $("#more");
+  const moreMenu = $("#more-menu");
+  const chipsEl = $("#attachment-chips");
+  const MAX_ATTACHMENTS = 5;
+  const attached = new Map();  // uri -> the name shown; the server reads each when the message is sent
+
+  function closeMenu(focusButton) {
+    if (!moreMenu || moreMenu.hidden) return false;
+    moreMenu.hidden = true;
+    moreBtn.setAttribute("aria-expanded", "false");
+    if (focusButton) moreBtn.focus();
+    return true;
+  }
+
+  function openMenu() {
+    moreMenu.hidden = false;
+    moreBtn.setAttribute("aria-expanded", "true");
+    $(".menu-item", moreMenu).focus();
+  }
+
+  function renderAttachments() {
+    if (!chipsEl) return;
+    const items = Array.from(attached, ([uri, name]) => el("li", { class: "att-chip", title: uri }, icon("doc"),
+      el("span", { class: "att-name", text: name }),
+      el("button", { type: "button", class: "att-remove", "aria-label": "Remove the attached resource " + name,
+        onclick: () => { attached.delete(uri); renderAttachments(); prompt.focus(); } }, icon("close"))));
+    chipsEl.replaceChildren(...items);
+    chipsEl.hidden = !items.length;
+  }
+
+  // a dialog: Esc (native), the close button and a click on the backdrop close it; the focus goes back
+  // to the "+" button, or to the question when something was chosen
+  function setupDialog(dialog) {
+    $(".dialog-close", dialog).addEventListener("click", () => dialog.close());
+    dialog.addEventListener("click", (event) => { if (event.target === dialog) dialog.close(); });
+    dialog.addEventListener("close", () => {
+      const chosen = dialog.dataset.chosen === "1";
+      dialog.dataset.chosen = "";
+      (chosen ? prompt : moreBtn).focus();
+    });
+  }
+
+  function choose(dialog) {
+    dialog.dataset.chosen = "1";
+    dialog.close();
+  }
+
+  // arrows move between the buttons of a picker list
+  function listKeys(listEl, before) {
+    listEl.addEventListener("keydown", (event) => {
+      const items = $$(".picker-item", listEl);
+      const at = items.indexOf(document.activeElement);
+      if (at < 0) return;
+      let next = null;
+      if (event.key === "ArrowDown") next = items[at + 1];
+      else if (event.key === "ArrowUp") next = items[at - 1] || before;
+      else if (event.key === "Home") next = items[0];
+      else if (event.key === "End") next = items[items.length - 1];
+      if (next) { event.preventDefault(); next.focus(); }
+    });
+  }
+
+  function pickerItem(title, meta, description, onclick, iconName) {
+    return el("li", {}, el("button", { type: "button", class: "picker-item", onclick },
+      el("span", { class: "picker-title" }, icon(iconName), el("span", { text: title })),
+      el("span", { class: "picker-meta", text: meta }),
+      description ? el("span", { class: "picker-desc", text: description }) : null));
+  }
+
+  function formError(form, message) {
+    const old = $(".error-box", form);
+    if (old) old.remove();
+    form.append(el("p", { class: "error-box", role: "alert", text: message }));
+  }
+
+  // a field of a generated form (labelled; required marked, also for screen readers)
+  function field(form, id, label, required, description, value) {
+    const hintId = description ? id + "-hint" : null;
+    const input = el("input", { id, name: id, type: "text", required, "aria-required": required ? "true" : null,
+      "aria-describedby": hintId, maxlength: "10000", value: value || null });
+    form.append(el("div", { class: "field" },
+      el("label", { for: id }, el("span", { text: label }),
+        required ? el("span", { class: "required", "aria-hidden": "true", text: " *" }) : null,
+        required ? el("span", { class: "sr-only", text: " (required)" }) : null),
+      input, description ? el("span", { class: "hint", id: hintId, text: description }) : null));
+    return input;
+  }
+
+  // --- attach a resource
+
+  const resourceDialog = $("#resource-dialog");
+  const resourceFilter = $("#resource-filter");
+  const resourceList = $("#resource-list");
+  const resourceStatus = $("#resource-status");
+  const templateForm = $("#template-form");
+  let resources = { resources: [], templates: [] };
+
+  function attachResource(uri, name) {
+    if (!attached.has(uri) && attached.size >= MAX_ATTACHMENTS) {
+      resourceStatus.textContent = "At most " + MAX_ATTACHMENTS + " resources can be attached to a message.";
+      return false;
+    }
+    attached.set(uri, name || uri);
+    renderAttachments();
+    return true;
+  }
+
+  // RFC 6570 templates, the common operators: {var} {+var} {/var} {.var} {#var} {?a,b} {&a} {;a}
+  const TEMPLATE_VAR = /\{([+#./;?&]?)([^}]+)\}/g;
+
+  function templateNames(template) {
+    const names = [];
+    for (const match of template.matchAll(TEMPLATE_VAR)) {
+      for (const name of match[2].split(",")) {
+        const clean = name.replace(/[*]$|:\d+$/, "").trim();
+        if (clean && !names.includes(clean)) names.push(clean);
+      }
+    }
+    return names;
+  }
+
+  function expandTemplate(template, values) {
+    return template.replace(TEMPLATE_VAR, (_, op, spec) => {
+      const names = spec.split(",").map((n) => n.replace(/[*]$|:\d+$/, "").trim())
+        .filter((n) => values[n] !== undefined && values[n] !== "");
+      if (!names.length) return "";
+      const enc = (v) => (op === "+" || op === "#" ? encodeURI(v) : encodeURIComponent(v));
+      if (op === "?" || op === "&" || op === ";") {
+        const sep = op === ";" ? ";" : "&";
+        return (op === "&" ? "&" : op) + names.map((n) => n + "=" + enc(values[n])).join(sep);
+      }
+      const joined = names.map((n) => enc(values[n])).join(",");
+      return ({ "": "", "+": "", "#": "#", ".": ".", "/": "/" })[op] + joined;
+    });
+  }
+
+  function showResourceList() {
+    templateForm.hidden = true;
+    templateForm.replaceChildren();
+    resourceFilter.hidden = false;
+    resourceList.hidden = false;
+    renderResources();
+    resourceFilter.focus();
+  }
+
+  function renderResources() {
+    const q = resourceFilter.value.trim().toLowerCase();
+    const match = (item) => !q || [item.name, item.title, item.uri, item.uriTemplate, item.description]
+      .some((v) => v && String(v).toLowerCase().includes(q));
+    const rows = [];
+    for (const r of resources.resources.filter(match)) {
+      const name = r.title || r.name || r.uri;
+      rows.push(pickerItem(name, r.uri + (r.mimeType ? " · " + r.mimeType : "") + (attached.has(r.uri) ?
+        " · attached" : ""), r.description, () => { if (attachResource(r.uri, name)) choose(resourceDialog); }, "doc"));
+    }
+    for (const t of resources.templates.filter(match)) {
+      rows.push(pickerItem(t.title || t.name || t.uriTemplate, t.uriTemplate + " · fill in to attach",
+        t.description, () => fillTemplate(t), "pencil"));
+    }
+    resourceList.replaceChildren(...rows);
+    resourceStatus.textContent = rows.length ? "" : (q ? "No resource matches “" + resourceFilter.value.trim() +
+      "”." : "No resources are available to you.");
+  }
+
+  function fillTemplate(t) {
+    resourceFilter.hidden = true;
+    resourceList.hidden = true;
+    resourceStatus.textContent = "";
+    templateForm.replaceChildren(el("h3", { class: "picker-heading", text: t.title || t.name || t.uriTemplate }),
+      el("p", { class: "hint", text: t.uriTemplate }));
+    const inputs = templateNames(t.uriTemplate).map((name, i) => [name,
+      field(templateForm, "template-var-" + i, name, true, null)]);
+    templateForm.append(el("div", { class: "actions" },
+      el("button", { type: "button", class: "btn small", onclick: showResourceList }, icon("back"), "Back"),
+      el("button", { type: "submit", class: "btn primary small", text: "Attach" })));
+    templateForm.onsubmit = (event) => {
+      event.preventDefault();
+      if (!templateForm.reportValidity()) return;
+      const values = Object.fromEntries(inputs.map(([name, input]) => [name, input.value.trim()]));
+      const uri = expandTemplate(t.uriTemplate, values);
+      if (attachResource(uri, uri)) choose(resourceDialog);
+      else formError(templateForm, resourceStatus.textContent);
+    };
+    templateForm.hidden = false;
+    (inputs.length ? inputs[0][1] : $("button[type=submit]", templateForm)).focus();
+  }
+
+  async function openResources() {
+    closeMenu(false);
+    resourceFilter.value = "";
+    resourceList.replaceChildren();
+    resourceDialog.showModal();
+    showResourceList();
+    resourceStatus.textContent = "Loading the resources…";
+    try {
+      resources = await api("GET", "/api/resources");
+    } catch (e) {
+      resourceStatus.textContent = e.message;
+      return;
+    }
+    renderResources();
+  }
+
+  // --- use a prompt
+
+  const promptDialog = $("#prompt-dialog");
+  const promptList = $("#prompt-list");
+  const promptStatus = $("#prompt-status");
+  const promptForm = $("#prompt-form");
+
+  function showPromptList() {
+    promptForm.hidden = true;
+    promptForm.replaceChildren();
+    promptList.hidden = false;
+    const first = $(".picker-item", promptList);
+    if (first) first.focus();
+  }
+
+  function fillPrompt(p) {
+    promptList.hidden = true;
+    promptStatus.textContent = "";
+    const args = p.arguments || [];
+    promptForm.replaceChildren(el("h3", { class: "picker-heading", text: p.title || p.name }),
+      p.description ? el("p", { class: "hint", text: p.description }) : null,
+      args.some((a) => a.required) ? el("p", { class: "hint", text: "Fields marked * are required." }) : null);
+    const inputs = args.map((a, i) => [a.name, field(promptForm, "prompt-arg-" + i, a.title || a.name,
+      Boolean(a.required), a.description)]);
+    const submit = el("button", { type: "submit", class: "btn primary small", text: "Use prompt" });
+    promptForm.append(el("div", { class: "actions" },
+      el("button", { type: "button", class: "btn small", onclick: showPromptList }, icon("back"), "Back"), submit));
+    promptForm.onsubmit = async (event) => {
+      event.preventDefault();
+      if (!promptForm.reportValidity()) return;
+      const values = {};
+      for (const [name, input] of inputs) if (input.value.trim()) values[name] = input.value;
+      submit.disabled = true;
+      try {
+        const result = await api("POST", "/api/prompts/get", { name: p.name, arguments: values });
+        prompt.value = result.text;
+        autosize();
+        choose(promptDialog);
+      } catch (e) {
+        formError(promptForm, e.message);
+      } finally {
+        submit.disabled = false;
+      }
+    };
+    promptForm.hidden = false;
+    (inputs.length ? inputs[0][1] : submit).focus();
+  }
+
+  async function openPrompts() {
+    closeMenu(false);
+    promptList.replaceChildren();
+    promptDialog.showModal();
+    showPromptList();
+    promptStatus.textContent = "Loading the prompts…";
+    let data;
+    try {
+      data = await api("GET", "/api/prompts");
+    } catch (e) {
+      promptStatus.textContent = e.message;
+      return;
+    }
+    promptList.replaceChildren(...data.prompts.map((p) => {
+      const count = (p.arguments || []).length;
+      return pickerItem(p.title || p.name, p.name + " · " + (count === 1 ? "1 argument" : count + " arguments"),
+        p.description, () => fillPrompt(p), "prompt");
+    }));
+    promptStatus.textContent = data.prompts.length ? "" : "No prompts are available to you.";
+    const first = $(".picker-item", promptList);
+    if (first && !promptList.hidden) first.focus();
+  }
+
+  if (moreBtn) {
+    moreBtn.addEventListener("click", () => (moreMenu.hidden ? openMenu() : closeMenu(true)));
+    moreMenu.addEventListener("keydown", (event) => {
+      const items = $$(".menu-item", moreMenu);
+      const at = items.indexOf(document.activeElement);
+      if (event.key === "Escape") { event.preventDefault(); event.stopPropagation(); closeMenu(true); return; }
+      if (event.key === "Tab") { closeMenu(false); return; }
+      let next = null;
+      if (event.key === "ArrowDown") next = items[(at + 1) % items.length];
+      else if (event.key === "ArrowUp") next = items[(at - 1 + items.length) % items.length];
+      else if (event.key === "Home") next = items[0];
+      else if (event.key === "End") next = items[items.length - 1];
+      if (next) { event.preventDefault(); next.focus(); }
+    });
+    moreMenu.parentElement.addEventListener("focusout", (event) => {
+      if (!moreMenu.parentElement.contains(event.relatedTarget)) closeMenu(false);
+    });
+    document.addEventListener("click", (event) => {
+      if (!moreMenu.parentElement.contains(event.target)) closeMenu(false);
+    });
+    $("#menu-resource").addEventListener("click", openResources);
+    $("#menu-prompt").addEventListener("click", openPrompts);
+    setupDialog(resourceDialog);
+    setupDialog(promptDialog);
+    resourceFilter.addEventListener("input", renderResources);
+    resourceFilter.addEventListener("keydown", (event) => {
+      if (event.key === "ArrowDown" || event.key === "Enter") {
+        const first = $(".picker-item", resourceList);
+        if (first) { event.preventDefault(); first.focus(); }
+      }
+    });
+    listKeys(resourceList, resourceFilter);
+    listKeys(promptList, null);
   }
 
   // --- a turn that was running when the page loaded --------------------------------------------

@@ -109,6 +109,64 @@ try {
     answer: await second.locator(".answer").textContent(),
   });
 
+  // --- "+": use a prompt with an argument, attach a resource, send ---------------------------------
+  const active = () => page.evaluate(() => document.activeElement && document.activeElement.id);
+  await page.click("#more");
+  await page.waitForSelector("#more-menu:not([hidden])");
+  const menuFocus = await active();
+  await page.keyboard.press("ArrowDown");
+  const menuNext = await active();
+  await page.keyboard.press("Enter");  // "Use a prompt"
+  await page.waitForSelector("#prompt-dialog[open]");
+  await page.locator("#prompt-list .picker-item", { hasText: "lakehouse__summarize" }).click();
+  await page.waitForSelector("#prompt-form:not([hidden])");
+  const promptLabels = await page.locator("#prompt-form label").allTextContents();
+  const promptFormFocus = await active();
+  await page.keyboard.press("Enter");  // the required topic is empty: the form does not submit
+  const stillOpen = await page.locator("#prompt-dialog[open]").count();
+  await page.fill("#prompt-arg-0", "Lieferbedingungen");
+  await page.screenshot({ path: join(config.artifacts, "chat-prompt.png") });
+  await page.click("#prompt-form button[type=submit]");
+  await page.waitForSelector("#prompt-dialog:not([open])", { state: "attached" });
+  const composed = await page.inputValue("#prompt");
+  const composedFocus = await active();
+
+  await page.click("#more");
+  await page.click("#menu-resource");
+  await page.waitForSelector("#resource-dialog[open]");
+  await page.waitForSelector("#resource-list .picker-item");
+  const resourceFilterFocus = await active();
+  const allResources = await page.locator("#resource-list .picker-item .picker-title").allTextContents();
+  const dialogImages = await page.locator("#resource-dialog img").count();
+  await page.screenshot({ path: join(config.artifacts, "chat-resources.png") });
+  await page.fill("#resource-filter", "liefer");
+  const filtered = await page.locator("#resource-list .picker-item .picker-title").allTextContents();
+  await page.locator("#resource-list .picker-item", { hasText: "Lieferbedingungen 2025" }).click();
+  await page.waitForSelector("#resource-dialog:not([open])", { state: "attached" });
+  await page.waitForSelector("#attachment-chips .att-chip");
+  const composerChips = await page.locator("#attachment-chips .att-chip").allTextContents();
+  // Esc closes a dialog and gives the focus back to "+"
+  await page.click("#more");
+  await page.click("#menu-resource");
+  await page.waitForSelector("#resource-dialog[open]");
+  await page.keyboard.press("Escape");
+  await page.waitForSelector("#resource-dialog:not([open])", { state: "attached" });
+  const escFocus = await active();
+  await page.screenshot({ path: join(config.artifacts, "chat-compose.png") });
+  await page.locator("#prompt").focus();
+  await page.keyboard.press("Enter");
+  const withResource = page.locator(".msg.assistant").nth(2);
+  await withResource.locator(".feedback").waitFor();
+  const asked = page.locator(".msg.user").last();
+  step("prompt-and-resource", {
+    menuFocus, menuNext, promptLabels, promptFormFocus, stillOpen, composed, composedFocus, resourceFilterFocus,
+    allResources, dialogImages, filtered, chips: composerChips, escFocus,
+    question: await asked.locator(".bubble").textContent(),
+    attached: await asked.locator(".att-chip").allTextContents(),
+    chipsAfterSend: await page.locator("#attachment-chips").isHidden(),
+    answer: await withResource.locator(".answer").textContent(),
+  });
+
   // --- feedback with a comment ---------------------------------------------------------------------
   const first = page.locator(".msg.assistant").first();
   await first.locator(".fb-btn[data-rating='1']").click();
@@ -146,6 +204,7 @@ try {
   await page.waitForSelector(".msg.assistant .feedback");
   step("reloaded", {
     answers: await page.locator(".msg.assistant .answer").allTextContents(),
+    attached: await page.locator(".msg.user .att-chip").allTextContents(),
     pressed: await page.locator(".msg.assistant").first().locator(".fb-btn[data-rating='1']")
       .getAttribute("aria-pressed"),
     conversations: await page.locator(".conv-link").allTextContents(),
@@ -189,7 +248,18 @@ try {
   await page.waitForTimeout(300);
   await page.goto(await page.locator(".conv-link").last().getAttribute("href").then((h) => config.origin + h));
   await page.screenshot({ path: join(config.artifacts, "chat-phone.png") });
-  step("phone", { sidebarHidden, sidebarShown,
+  await page.click("#more");
+  await page.click("#menu-prompt");
+  await page.locator("#prompt-list .picker-item").first().click();
+  await page.waitForSelector("#prompt-form:not([hidden])");
+  const phoneDialog = await page.evaluate(() => {
+    const r = document.querySelector("#prompt-dialog").getBoundingClientRect();
+    return r.left >= 0 && r.right <= window.innerWidth && r.bottom <= window.innerHeight;
+  });
+  await page.screenshot({ path: join(config.artifacts, "chat-phone-prompt.png") });
+  await page.keyboard.press("Escape");
+  await page.waitForSelector("#prompt-dialog:not([open])", { state: "attached" });
+  step("phone", { sidebarHidden, sidebarShown, phoneDialog,
     composerVisible: await page.locator("#prompt").isVisible(),
     overflow: await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth) });
 } catch (error) {

@@ -4,6 +4,9 @@ Installed in the gateway as ``lakehouse`` it offers ``search`` (results in the l
 structured format, with citations) and ``get_document``; installed as ``ingest`` it offers
 ``ingest_upload``. Every installation also has ``write_note`` (a writing tool: needs approval),
 ``confirm`` (elicitation), ``ask_model`` (sampling), ``slow`` (progress) and ``html`` (a result full of markup).
+Resources: ``docs://lieferbedingungen`` (text), ``docs://logo.png`` (binary), ``docs://evil`` (markup in
+its title and text) and the template ``docs://documents/{document_id}`` (a document's text); the prompt
+``summarize`` (arguments ``topic``, required, and ``style``, optional).
 
 Run: ``python tests/browser/upstream.py --port P``. The real lakehouse and ingest servers need
 a minute to load their embedding model on a small machine; this one starts in about a second.
@@ -14,12 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-from typing import Any
+from typing import Annotated, Any
 
 import mcp_types as types
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from pydantic import Field
 
 DOCUMENTS: dict[str, dict[str, Any]] = {
     "doc-rahmenvertrag": {
@@ -179,7 +183,43 @@ def build(name: str) -> MCPServer:
         return {"job_id": "job-1", "state": "done", "ok": 1, "failed": 0, "skipped": 0,
                 "files": [{"name": name, "bytes": len(data), "status": "ok"}]}
 
+    # --- resources and a prompt (the chat's "+" menu: attach a resource, use a prompt)
+
+    @server.resource("docs://lieferbedingungen", name="lieferbedingungen", title="Lieferbedingungen 2025",
+                     description="The delivery terms every order follows.", mime_type="text/plain")
+    def delivery_terms() -> str:
+        return LIEFERBEDINGUNGEN
+
+    @server.resource("docs://logo.png", name="logo", title="Company logo", description="A picture (binary).",
+                     mime_type="image/png")
+    def logo() -> bytes:
+        return LOGO
+
+    @server.resource("docs://evil", name="evil", title="<img src=x onerror=alert('resource')>Evil resource",
+                     description="<script>alert('description')</script>", mime_type="text/html")
+    def evil_resource() -> str:
+        return "<script>alert('resource')</script><b>bold?</b>"
+
+    @server.resource("docs://documents/{document_id}", name="document", title="A document by its id",
+                     description="The text of one of the workspace's documents.", mime_type="text/plain")
+    def document(document_id: str) -> str:
+        doc = DOCUMENTS.get(document_id)
+        if doc is None:
+            raise ResourceError(f"no document {document_id!r}")
+        return doc["text"]
+
+    @server.prompt(title="Summarize a topic", description="Ask for a short summary of a topic in the documents.")
+    def summarize(topic: Annotated[str, Field(description="What the summary is about")],
+                  style: Annotated[str, Field(description="bullets or prose")] = "bullets") -> str:
+        return f"Summarize what our documents say about {topic}. Answer as {style}, and cite your sources."
+
     return server
+
+
+#: The text of the resource docs://lieferbedingungen.
+LIEFERBEDINGUNGEN = ("Lieferbedingungen 2025. Lieferungen erfolgen frei Haus ab einem Bestellwert von 500 EUR. "
+                     "Teillieferungen sind zulässig. Reklamationen innerhalb von 8 Tagen nach Erhalt der Ware.")
+LOGO = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 ``playwright-core`` (pinned in tests/browser/package-lock.json, installed by ``make test``).
 
 Sign in on the gateway's pages, ask, watch the answer stream in, open a citation's passage,
-approve a writing tool, give feedback, reload, check that markup from the model and a tool stays
+approve a writing tool, fill the composer from a prompt (its argument form) and attach a resource
+through the "+" menu, give feedback, reload, check that markup from the model and a tool stays
 text, stop an answer with Esc, and look at the page on a phone-sized screen. The screenshot of the
 chat is saved to tests/browser/artifacts/chat.png (and copied to the system's temp folder as
 kontor-chat.png).
@@ -35,6 +36,7 @@ BROWSER_DIR = Path(__file__).resolve().parents[1] / "browser"
 ARTIFACTS = BROWSER_DIR / "artifacts"
 SCRIPT = BROWSER_DIR / "chat_flow.mjs"
 REQUIRE = "KONTOR_REQUIRE_BROWSER"
+RESOURCE_ANSWER = "Lieferungen erfolgen frei Haus ab 500 EUR; Teillieferungen sind zulässig."
 
 
 def _requirements() -> tuple[str, str]:
@@ -76,10 +78,12 @@ def test_a_user_signs_in_asks_approves_and_gives_feedback_in_chromium(browser_en
         # 2. a writing tool that needs approval
         tool_calls(("w1", "lakehouse__write_note", {"text": "Schrauben nachbestellen"})),
         answer("Die Notiz ist gespeichert."),
-        # 3. markup from a tool and from the model
+        # 3. a question from a prompt, with a resource attached
+        answer(RESOURCE_ANSWER),
+        # 4. markup from a tool and from the model
         tool_calls(("h1", "lakehouse__html", {})),
         answer(f"{injected}<script>window.__kontorInjected=true</script> Nur Text."),
-        # 4. an answer that never ends (Esc stops it)
+        # 5. an answer that never ends (Esc stops it)
         sse_reply(openai_turn(texts=["Es war einmal "], finish_reason=None, done=False), hang=True),
     )
     if ARTIFACTS.exists():
@@ -125,6 +129,26 @@ def test_a_user_signs_in_asks_approves_and_gives_feedback_in_chromium(browser_en
     assert approved["status"] == "ok" and approved["preview"] == "stored: Schrauben nachbestellen"
     assert approved["answer"] == "Die Notiz ist gespeichert."
 
+    composed = steps["prompt-and-resource"]
+    question = ("Summarize what our documents say about Lieferbedingungen. Answer as bullets, and cite your "
+                "sources.")
+    assert (composed["menuFocus"], composed["menuNext"]) == ("menu-resource", "menu-prompt")
+    assert [label.strip() for label in composed["promptLabels"]] == ["topic * (required)", "style"]
+    assert composed["promptFormFocus"] == "prompt-arg-0" and composed["stillOpen"] == 1
+    assert composed["composed"] == question and composed["composedFocus"] == "prompt"
+    assert composed["resourceFilterFocus"] == "resource-filter"
+    assert composed["allResources"] == ["<img src=x onerror=alert('resource')>Evil resource",  # as text
+                                        "Lieferbedingungen 2025", "Company logo", "A document by its id"]
+    assert composed["dialogImages"] == 0
+    assert composed["filtered"] == ["Lieferbedingungen 2025"]
+    assert [c.strip() for c in composed["chips"]] == ["Lieferbedingungen 2025"] and composed["escFocus"] == "more"
+    assert composed["question"] == question and [a.strip() for a in composed["attached"]] == ["Lieferbedingungen 2025"]
+    assert composed["chipsAfterSend"] and composed["answer"] == RESOURCE_ANSWER
+    sent = next(r.json for r in env.fake.requests if "Attached resource docs://lieferbedingungen" in json.dumps(r.json))
+    user_text = [m for m in sent["messages"] if m["role"] == "user"][-1]["content"]
+    assert user_text.startswith(f"{question}\n\n---\nAttached resource docs://lieferbedingungen:\n"
+                                "Lieferbedingungen 2025.")
+
     assert steps["feedback"] == {**steps["feedback"], "pressed": "true", "thanks": "Thanks for your feedback."}
     settings = steps["settings"]
     assert settings["model"] == "kontor-test-model (openai)" and settings["approvals"] == ["None yet."]
@@ -132,7 +156,8 @@ def test_a_user_signs_in_asks_approves_and_gives_feedback_in_chromium(browser_en
     upload = steps["upload"]
     assert upload["label"] == "✓ lieferbedingungen.txt was added to your documents." and upload["progress"] == "100"
     reloaded = steps["reloaded"]
-    assert [a.strip() for a in reloaded["answers"]] == [final, "Die Notiz ist gespeichert."]
+    assert [a.strip() for a in reloaded["answers"]] == [final, "Die Notiz ist gespeichert.", RESOURCE_ANSWER]
+    assert [a.strip() for a in reloaded["attached"]] == ["Lieferbedingungen 2025"]
     assert reloaded["pressed"] == "true"
     assert reloaded["conversations"][0].startswith("Wie lange dauert die Lieferung")
 
@@ -146,6 +171,7 @@ def test_a_user_signs_in_asks_approves_and_gives_feedback_in_chromium(browser_en
     assert any("Stopped" in n for n in stopped["notice"])
 
     phone = steps["phone"]
+    assert phone["phoneDialog"]
     assert phone["sidebarHidden"] and phone["sidebarShown"] and phone["composerVisible"] and not phone["overflow"]
 
     assert seen["dialogs"] == [] and seen["pageErrors"] == [] and seen["cspViolations"] == []

@@ -728,6 +728,208 @@ async def test_an_admin_can_block_a_tool_for_everybody(env: ChatEnv, fake: Threa
             await boss.post("/chat/api/admin/rules", {"key": "ingest__*", "rule": None})
 
 
+# --- resources and prompts ("+" in the composer) -------------------------------------------------------
+
+
+def upstream_module() -> Any:
+    spec = importlib.util.spec_from_file_location("web_chat_upstream", UPSTREAM)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def user_content(request: Any) -> str:
+    """The text of the last user message the model got in a request."""
+    return [m for m in request.json["messages"] if m["role"] == "user"][-1]["content"]
+
+
+async def test_resources_are_listed_and_read_through_the_gateway(env: ChatEnv):
+    terms = upstream_module().LIEFERBEDINGUNGEN
+    logo = upstream_module().LOGO
+    async with signed_in(env, BOB) as browser:
+        listed = await browser.get("/chat/api/resources")
+        assert listed.status_code == 200, listed.text
+        data = listed.json()
+        by_uri = {r["uri"]: r for r in data["resources"]}
+        assert set(by_uri) == {"docs://lieferbedingungen", "docs://logo.png", "docs://evil"}
+        assert by_uri["docs://lieferbedingungen"] == {
+            "name": "lieferbedingungen", "title": "Lieferbedingungen 2025", "uri": "docs://lieferbedingungen",
+            "description": "The delivery terms every order follows.", "mimeType": "text/plain", "size": None}
+        # the same template from two installations (lakehouse and ingest) is listed once
+        assert [t["uriTemplate"] for t in data["templates"]] == ["docs://documents/{document_id}"]
+        assert data["templates"][0]["title"] == "A document by its id" and data["truncated"] is False
+        only = (await browser.get("/chat/api/resources", params={"q": "DELIVERY"})).json()
+        assert [r["uri"] for r in only["resources"]] == ["docs://lieferbedingungen"] and only["templates"] == []
+
+        read = await browser.get("/chat/api/resources/read", params={"uri": "docs://lieferbedingungen"})
+        assert read.status_code == 200, read.text
+        assert read.json() == {"uri": "docs://lieferbedingungen", "truncated": False, "contents": [
+            {"uri": "docs://lieferbedingungen", "mimeType": "text/plain", "text": terms, "chars": len(terms),
+             "truncated": False}]}
+        document = (await browser.get("/chat/api/resources/read",
+                                      params={"uri": "docs://documents/doc-preisliste"})).json()
+        assert document["contents"][0]["text"] == upstream_documents()["doc-preisliste"]["text"]
+        binary = (await browser.get("/chat/api/resources/read", params={"uri": "docs://logo.png"})).json()
+        assert binary["contents"] == [{"uri": "docs://logo.png", "mimeType": "image/png", "binary": True,
+                                       "size": len(logo)}]  # described, not inlined
+
+        unknown = await browser.get("/chat/api/resources/read", params={"uri": "docs://nope"})
+        assert unknown.status_code == 404 and "could not be read" in unknown.json()["error"]
+        missing = await browser.get("/chat/api/resources/read", params={"uri": "docs://documents/doc-nope"})
+        assert missing.status_code == 404
+        assert (await browser.get("/chat/api/resources/read")).status_code == 400
+        assert (await browser.get("/chat/api/resources/read", params={"uri": "x" * 3000})).status_code == 400
+    async with Browser(env.origin) as anonymous:
+        assert (await anonymous.get("/chat/api/resources")).status_code == 401
+        assert (await anonymous.get("/chat/api/resources/read", params={"uri": "docs://evil"})).status_code == 401
+
+
+async def test_an_attached_resource_reaches_the_model_and_is_shown_after_reload(env: ChatEnv, fake: ThreadedFake):
+    terms = upstream_module().LIEFERBEDINGUNGEN
+    question = "Was gilt für die Lieferung?"
+    fake.script(answer("Frei Haus ab 500 EUR."), answer("Ja."))
+    async with signed_in(env, BOB) as browser:
+        cid = await browser.new_conversation()
+        r = await browser.post(f"/chat/api/conversations/{cid}/messages", {
+            "text": question, "attachments": ["docs://lieferbedingungen", "docs://documents/doc-preisliste",
+                                              "docs://lieferbedingungen"]})
+        assert r.status_code == 202, r.text
+        events = await browser.events(r.json()["turn_id"])
+        assert of(events, "answer_complete")[0]["text"] == "Frei Haus ab 500 EUR."
+
+        # the model got the question, then each resource's text, clearly delimited
+        seen = user_content(fake.requests[0])
+        assert seen.startswith(question + "\n\n---\nAttached resource docs://lieferbedingungen:\n" + terms)
+        price = upstream_documents()["doc-preisliste"]["text"]
+        assert f"Attached resource docs://documents/doc-preisliste:\n{price}\n--- end of" in seen
+        assert seen.count("Attached resource") == 2  # the duplicate was attached once
+
+        # stored with the message: shown with it after a reload, the question text unchanged
+        stored = (await browser.get(f"/chat/api/conversations/{cid}")).json()["messages"]
+        assert stored[0]["text"] == question and stored[1]["attachments"] == []
+        assert stored[0]["attachments"] == [
+            {"uri": "docs://lieferbedingungen", "name": "Lieferbedingungen 2025", "mime_type": "text/plain",
+             "chars": len(terms), "truncated": False},
+            {"uri": "docs://documents/doc-preisliste", "name": "docs://documents/doc-preisliste",
+             "mime_type": "text/plain", "chars": len(price), "truncated": False}]
+        page = await browser.get(f"/chat/c/{cid}")
+        assert 'class="msg user has-attachments"' in page.text and "Lieferbedingungen 2025" in page.text
+        assert 'title="docs://documents/doc-preisliste"' in page.text
+        # what the lakehouse recorded is the question, not the attached text
+        recorded = (await browser.get("/chat/api/recorded")).json()["interactions"]
+        assert any(i["question"] == question for i in recorded) and all(terms not in i["question"] for i in recorded)
+
+        # the next turn's history still has the attached text (and nothing else from the attachment list)
+        await browser.ask(cid, "Und Teillieferungen?")
+        history = fake.requests[1].json["messages"]
+        assert [m["role"] for m in history] == ["system", "user", "assistant", "user"]
+        assert terms in history[1]["content"] and history[-1]["content"] == "Und Teillieferungen?"
+
+
+async def test_attachments_that_cannot_be_read_or_too_many_are_refused(env: ChatEnv, fake: ThreadedFake):
+    async with signed_in(env, BOB) as browser:
+        cid = await browser.new_conversation()
+        url = f"/chat/api/conversations/{cid}/messages"
+        unknown = await browser.post(url, {"text": "Frage", "attachments": ["docs://nope"]})
+        assert unknown.status_code == 400 and "docs://nope" in unknown.json()["error"]
+        assert unknown.json()["uri"] == "docs://nope"
+        binary = await browser.post(url, {"text": "Frage", "attachments": ["docs://logo.png"]})
+        assert binary.status_code == 400 and "no text" in binary.json()["error"]
+        many = await browser.post(url, {"text": "Frage", "attachments": [f"docs://documents/d{i}" for i in range(6)]})
+        assert many.status_code == 400 and "at most 5" in many.json()["error"]
+        for bad in ("docs://evil", [1], [""], ["x" * 3000], {"uri": "docs://evil"}):
+            r = await browser.post(url, {"text": "Frage", "attachments": bad})
+            assert r.status_code == 400 and "list of resource URIs" in r.json()["error"], bad
+        nothing = (await browser.get(f"/chat/api/conversations/{cid}")).json()["messages"]
+        assert nothing == []  # nothing was stored, no turn started
+        assert (await browser.post(url, {"text": "Frage", "attachments": ["docs://evil"]}, csrf="")).status_code == 403
+    assert not fake.requests  # the model was never asked
+
+
+async def test_without_a_model_a_question_with_an_attachment_searches_the_question(env: ChatEnv, fake: ThreadedFake):
+    question = "Lieferfrist der Schrauben"
+    async with signed_in(env, PLAIN_USER, PLAIN) as browser:
+        cid = await browser.new_conversation()
+        r = await browser.post(f"/chat/api/conversations/{cid}/messages",
+                               {"text": question, "attachments": ["docs://lieferbedingungen"]})
+        assert r.status_code == 202, r.text
+        events = await browser.events(r.json()["turn_id"])
+        done = of(events, "answer_complete")[0]
+        assert done["mode"] == "retrieval" and "14 Werktagen" in done["text"]
+        assert of(events, "tool_call_started")[0]["arguments"]["query"] == question
+        stored = (await browser.get(f"/chat/api/conversations/{cid}")).json()["messages"]
+        assert [a["uri"] for a in stored[0]["attachments"]] == ["docs://lieferbedingungen"]
+    assert not fake.requests
+
+
+async def test_prompts_are_listed_and_filled_with_their_arguments(env: ChatEnv):
+    async with signed_in(env, BOB) as browser:
+        listed = await browser.get("/chat/api/prompts")
+        assert listed.status_code == 200, listed.text
+        prompts = {p["name"]: p for p in listed.json()["prompts"]}
+        assert {"lakehouse__summarize", "ingest__summarize"} <= set(prompts)
+        summarize = prompts["lakehouse__summarize"]
+        assert summarize["title"] == "Summarize a topic"
+        assert [(a["name"], a["required"], a["description"]) for a in summarize["arguments"]] == [
+            ("topic", True, "What the summary is about"), ("style", False, "bullets or prose")]
+
+        url = "/chat/api/prompts/get"
+        missing = await browser.post(url, {"name": "lakehouse__summarize", "arguments": {"style": "prose"}})
+        assert missing.status_code == 400 and missing.json()["missing"] == ["topic"]
+        assert "topic" in missing.json()["error"]
+        blank = await browser.post(url, {"name": "lakehouse__summarize", "arguments": {"topic": "  "}})
+        assert blank.status_code == 400 and blank.json()["missing"] == ["topic"]
+        filled = await browser.post(url, {"name": "lakehouse__summarize", "arguments": {"topic": "Lieferfristen"}})
+        assert filled.status_code == 200, filled.text
+        assert filled.json()["text"] == ("Summarize what our documents say about Lieferfristen. Answer as bullets, "
+                                         "and cite your sources.")
+        assert filled.json()["messages"] == [{"role": "user", "text": filled.json()["text"]}]
+        styled = await browser.post(url, {"name": "lakehouse__summarize",
+                                          "arguments": {"topic": "Preise", "style": "prose"}})
+        assert "Answer as prose" in styled.json()["text"]
+
+        unknown_arg = await browser.post(url, {"name": "lakehouse__summarize", "arguments": {"topic": "x", "y": "z"}})
+        assert unknown_arg.status_code == 400 and unknown_arg.json()["unknown"] == ["y"]
+        assert (await browser.post(url, {"name": "nope__prompt", "arguments": {}})).status_code == 404
+        assert (await browser.post(url, {"arguments": {}})).status_code == 400
+        assert (await browser.post(url, {"name": "lakehouse__summarize", "arguments": {"topic": 3}})).status_code == 400
+        no_csrf = await browser.post(url, {"name": "lakehouse__summarize", "arguments": {"topic": "x"}}, csrf="")
+        assert no_csrf.status_code == 403
+    async with Browser(env.origin) as anonymous:
+        assert (await anonymous.get("/chat/api/prompts")).status_code == 401
+
+
+async def test_markup_in_resources_and_prompts_is_data_not_markup(env: ChatEnv, fake: ThreadedFake):
+    evil_title = "<img src=x onerror=alert('resource')>Evil resource"
+    async with signed_in(env, BOB) as browser:
+        listed = await browser.get("/chat/api/resources")
+        assert "<" not in listed.text and ">" not in listed.text  # JSON with markup escaped
+        evil = next(r for r in listed.json()["resources"] if r["uri"] == "docs://evil")
+        assert evil["title"] == evil_title and evil["description"] == "<script>alert('description')</script>"
+        read = await browser.get("/chat/api/resources/read", params={"uri": "docs://evil"})
+        assert "<" not in read.text and read.json()["contents"][0]["text"].startswith("<script>alert('resource')")
+        filled = await browser.post("/chat/api/prompts/get", {"name": "lakehouse__summarize",
+                                                               "arguments": {"topic": "<script>alert(1)</script>"}})
+        assert "<" not in filled.text and "<script>alert(1)</script>" in filled.json()["text"]
+
+        fake.script(answer("Ok."))
+        cid = await browser.new_conversation()
+        r = await browser.post(f"/chat/api/conversations/{cid}/messages",
+                               {"text": "<b>Was steht da?</b>", "attachments": ["docs://evil"]})
+        assert r.status_code == 202, r.text
+        await browser.events(r.json()["turn_id"])
+        assert "<script>alert('resource')</script>" in user_content(fake.requests[0])  # the model gets the text
+        page = await browser.get(f"/chat/c/{cid}")
+        scripts = re.findall(r"<script[^>]*>", page.text)
+        assert scripts == [f'<script src="/chat/static/chat.js?v={static_version(page.text)}" defer>'], scripts
+        assert "<img" not in page.text and "<b>Was" not in page.text
+        assert "&lt;img src=x onerror=alert(&#39;resource&#39;)&gt;Evil resource" in page.text  # the chip
+        assert "&lt;b&gt;Was steht da?&lt;/b&gt;" in page.text
+        api = await browser.get(f"/chat/api/conversations/{cid}")
+        assert "<" not in api.text and api.json()["messages"][0]["attachments"][0]["name"] == evil_title
+
+
 # --- security ----------------------------------------------------------------------------------------
 
 
