@@ -8,6 +8,7 @@ then answered by ``lakehouse__search`` alone, with citations naming the document
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,3 +124,30 @@ async def test_without_a_model_and_without_search_the_host_says_so_plainly(gatew
     done = events[-1]
     assert isinstance(done, AnswerComplete) and done.mode == "retrieval" and not done.citations
     assert "No language model is configured" in done.text and "lakehouse__search" in done.text
+
+
+async def test_with_a_model_the_answer_cites_what_the_real_lakehouse_found(gateway: Mesh, server: Any) -> None:
+    """A model (the fake Anthropic server) asks for lakehouse__search; the real lakehouse answers
+    through the gateway; the model's answer comes with citations of the retrieved passages."""
+    from tests.host.test_agent_loop import answer, anthropic, tool_results, tool_use
+
+    scopes = ["lakehouse:read", "ingest:read", "ingest:write"]
+    async with user_session(gateway, TENANT, scopes, default_timeout_s=120) as mcp:
+        upload = await mcp.call_tool("ingest__ingest_upload", {
+            "name": "lieferung.md", "content_base64": base64.b64encode(DOCUMENT.encode()).decode()})
+        assert not upload.is_error, upload.content
+        server.script(tool_use(("s1", "lakehouse__search", {"query": "Lieferfrist Sechskantschrauben M8"})),
+                      answer("Die Lieferung erfolgt innerhalb von 14 Werktagen [1]."))
+        agent = Agent(anthropic(server), mcp, ApprovalPolicy(InMemoryApprovalStore(), TENANT, "user-1"),
+                      ScriptedUser())
+        events = await run(agent, "Wie lange dauert die Lieferung der Schrauben M8?")
+    finished = [e for e in events if isinstance(e, ToolCallFinished)]
+    assert [(f.tool, f.status) for f in finished] == [("lakehouse__search", "ok")]
+    sent_back = tool_results(server.requests[1])["s1"]  # the search result went back to the model
+    assert "14 Werktagen" in json.dumps(sent_back, ensure_ascii=False)
+    found = [e for e in events if isinstance(e, CitationFound)]
+    assert found and found[0].label == "source" and "14 Werktagen" in found[0].citation.text
+    done = events[-1]
+    assert isinstance(done, AnswerComplete) and done.mode == "generated" and not done.partial
+    assert done.text == "Die Lieferung erfolgt innerhalb von 14 Werktagen [1]."
+    assert done.citations and done.citations[0].document_id == found[0].citation.document_id
