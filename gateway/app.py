@@ -340,6 +340,7 @@ def build_app(settings: GatewaySettings | None = None, *, db: GatewayDB | None =
     """The gateway as a Starlette app; its lifespan opens the database, keys, audit log and sessions."""
     settings = settings or get_gateway_settings()
     state: dict[str, Runtime] = {}
+    mounted: list[Any] = []  # mounted apps with a runtime to close at shutdown (they get no lifespan)
 
     def runtime() -> Runtime:
         return state["rt"]
@@ -363,6 +364,9 @@ def build_app(settings: GatewaySettings | None = None, *, db: GatewayDB | None =
             async with rt.session_manager.run():
                 yield
         finally:
+            for app in mounted:
+                with contextlib.suppress(Exception):
+                    await app.runtime.aclose()
             await rt.gateway.close()
             if audit is not None:
                 await audit.close()
@@ -401,7 +405,9 @@ def build_app(settings: GatewaySettings | None = None, *, db: GatewayDB | None =
     from kontor.host.web import build_host_app, chat_enabled
 
     if chat_enabled():
-        routes.append(Mount("/chat", app=build_host_app(settings)))
+        chat = build_host_app(settings)
+        mounted.append(chat)
+        routes.append(Mount("/chat", app=chat))
     # The registry (kontor.registry.app): JSON API and pages under /registry, the official read API under /v0.1.
     from kontor.registry.app import gateway_mounts
 
