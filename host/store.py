@@ -21,9 +21,7 @@ over these tables: users' remembered "always allow" decisions and tenant admins'
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import os
 import secrets
 import uuid
 from collections.abc import Mapping, Sequence
@@ -32,21 +30,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Boolean,
     CheckConstraint,
-    DateTime,
     Float,
     ForeignKey,
     Integer,
     MetaData,
     String,
     Text,
-    TypeDecorator,
     UniqueConstraint,
     Uuid,
     delete,
@@ -56,13 +49,14 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from kontor.gateway.db import JSONType, UTCDateTime
 from kontor.host.approvals import AdminRule
+from kontor.sealing import SealedBox, Undecryptable
 
 __all__ = [
     "Conversation",
@@ -133,81 +127,19 @@ def _cut(value: str | None, limit: int) -> str | None:
 # --- encryption of tokens at rest --------------------------------------------------------------
 
 
-class TokenBox:
-    """AES-256-GCM under one 32-byte key; ``repr`` shows the key's id only.
-
-    :meth:`from_file` keeps the key (base64) in a file of mode 0600, created atomically with a
-    random key when missing (two processes starting at once agree on one key).
-    """
-
-    NONCE_BYTES = 12
-
-    def __init__(self, key: bytes) -> None:
-        if not isinstance(key, bytes | bytearray) or len(key) != 32:
-            raise ValueError("the token key must be 32 bytes")
-        self._aead = AESGCM(bytes(key))
-        self.key_id = hashlib.sha256(bytes(key)).hexdigest()[:16]
-
-    def __repr__(self) -> str:
-        return f"TokenBox(key_id={self.key_id!r})"
-
-    @classmethod
-    def from_file(cls, path: Path) -> TokenBox:
-        path = Path(path)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="ascii") as fh:
-                fh.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            try:
-                os.link(tmp, path)  # never replaces a key another process wrote meanwhile
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink(missing_ok=True)
-        return cls(base64.b64decode(path.read_text(encoding="ascii").strip(), validate=True))
-
-    def encrypt(self, value: str, context: str) -> str:
-        nonce = secrets.token_bytes(self.NONCE_BYTES)
-        sealed = self._aead.encrypt(nonce, value.encode("utf-8"), context.encode("utf-8"))
-        return base64.b64encode(nonce + sealed).decode("ascii")
+class TokenBox(SealedBox):
+    """The host's sealing of OAuth tokens at rest (:class:`kontor.sealing.SealedBox`)."""
 
     def decrypt(self, token: str, context: str) -> str:
         try:
-            raw = base64.b64decode(token)
-            plain = self._aead.decrypt(raw[: self.NONCE_BYTES], raw[self.NONCE_BYTES:], context.encode("utf-8"))
-        except (InvalidTag, ValueError):
+            return super().decrypt(token, context)
+        except Undecryptable:
             raise TokensUnavailable("stored tokens cannot be decrypted with the configured key") from None
-        return plain.decode("utf-8")
 
 
 # --- types and models ----------------------------------------------------------------------------
 
 
-class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every engine (SQLite keeps no zone: stored naive in UTC)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime: pass an aware datetime (UTC)")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-JSONType = JSON().with_variant(JSONB(), "postgresql")
 BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER primary keys only
 
 NAMING_CONVENTION = {

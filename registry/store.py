@@ -24,21 +24,15 @@ times only (:class:`SecretRef`), and only :meth:`RegistryStore.secret_value` dec
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import os
 import re
-import secrets
 import unicodedata
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import delete, func, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -95,6 +89,7 @@ from kontor.registry.models import (
     VersionDecisionRow,
     VersionRow,
 )
+from kontor.sealing import SealedBox, Undecryptable
 from kontor.tenancy import validate_tenant
 
 __all__ = [
@@ -465,62 +460,21 @@ def _uuid(value: uuid.UUID | str, what: str) -> uuid.UUID:
 # --- secrets ----------------------------------------------------------------------------------
 
 
-class SecretBox:
-    """AES-256-GCM encryption of secret values under one 32-byte key (never printed: ``repr`` shows its id only).
-
-    ``key_id`` (the first 16 hex digits of the key's SHA-256) is stored beside each ciphertext, so
-    a rotated key can be recognised. :meth:`from_file` keeps the key in a file of mode 0600
-    (created with a random key when missing), e.g. ``<data_root>/registry/secrets.key``.
-    """
-
-    NONCE_BYTES = 12
+class SecretBox(SealedBox):
+    """The registry's sealing of tenant secrets (:class:`kontor.sealing.SealedBox`), e.g. under
+    ``<data_root>/registry/secrets.key``; the key id is stored beside each ciphertext."""
 
     def __init__(self, key: bytes) -> None:
-        if not isinstance(key, bytes | bytearray) or len(key) != 32:
-            raise InvalidValue("a secret key must be 32 bytes")
-        self._aead = AESGCM(bytes(key))
-        self.key_id = hashlib.sha256(bytes(key)).hexdigest()[:16]
-
-    def __repr__(self) -> str:
-        return f"SecretBox(key_id={self.key_id!r})"
-
-    @classmethod
-    def generate(cls) -> SecretBox:
-        return cls(secrets.token_bytes(32))
-
-    @classmethod
-    def from_file(cls, path: Path) -> SecretBox:
-        """The key in ``path`` (base64), created (mode 0600, atomically) with a random key when missing."""
-        path = Path(path)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.unlink(missing_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="ascii") as f:
-                f.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, path)  # never replaces a key another process wrote meanwhile
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink(missing_ok=True)
-        return cls(base64.b64decode(path.read_text(encoding="ascii").strip(), validate=True))
-
-    def encrypt(self, value: str, context: str) -> str:
-        nonce = secrets.token_bytes(self.NONCE_BYTES)
-        sealed = self._aead.encrypt(nonce, value.encode("utf-8"), context.encode("utf-8"))
-        return base64.b64encode(nonce + sealed).decode("ascii")
+        try:
+            super().__init__(key)
+        except ValueError as exc:
+            raise InvalidValue(str(exc)) from None
 
     def decrypt(self, token: str, context: str) -> str:
-        raw = base64.b64decode(token)
         try:
-            plain = self._aead.decrypt(raw[:self.NONCE_BYTES], raw[self.NONCE_BYTES:], context.encode("utf-8"))
-        except InvalidTag:
+            return super().decrypt(token, context)
+        except Undecryptable:
             raise SecretsUnavailable("a stored secret cannot be decrypted with the configured key") from None
-        return plain.decode("utf-8")
 
 
 def _secret_context(tenant: str, server_id: uuid.UUID, name: str) -> str:
