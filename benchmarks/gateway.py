@@ -56,8 +56,6 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -69,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from processes import Process, free_port, start_process, stop_process, wait_healthy  # benchmarks/processes.py
 
 LABELS = ("direct", "fastmcp", "gateway")
 CLIENTS = ("raw", "sdk")
@@ -143,75 +142,6 @@ def serve_fastmcp(port: int, target: str) -> None:
 
 
 # ----------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Process:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    health_url: str
-
-    def tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the benchmark dies, even by SIGKILL (Linux: PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))
-
-
-def start_process(name: str, cmd: Sequence[str], env: dict[str, str], health_url: str, logs: Path,
-                  processes: list[Process]) -> Process:
-    """Start ``cmd`` (output to ``logs/<name>.log``); :func:`wait_healthy` waits for it."""
-    log_path = logs / f"{name}.log"
-    with log_path.open("ab") as fh:
-        popen = subprocess.Popen(list(cmd), env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 cwd=REPO, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-    proc = Process(name, popen, log_path, health_url)
-    processes.append(proc)
-    return proc
-
-
-def wait_healthy(procs: Sequence[Process], timeout_s: float = START_TIMEOUT_S) -> None:
-    """Wait until every process answers 200 on its /health (they start in parallel: imports are slow)."""
-    deadline = time.monotonic() + timeout_s
-    waiting = list(procs)
-    while waiting:
-        for proc in list(waiting):
-            if proc.popen.poll() is not None:
-                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(proc.health_url, timeout=2.0).status_code == 200:
-                    waiting.remove(proc)
-        if not waiting:
-            return
-        if time.monotonic() > deadline:
-            names = ", ".join(p.name for p in waiting)
-            raise TimeoutError(f"not healthy after {timeout_s:.0f} s: {names}\n{waiting[0].tail()}")
-        time.sleep(0.2)
-
-
-def stop_process(proc: Process) -> None:
-    if proc.popen.poll() is None:
-        proc.popen.terminate()
-        try:
-            proc.popen.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.popen.kill()
-            proc.popen.wait(5)
 
 
 def rss_kb(pid: int) -> int | None:
@@ -698,7 +628,7 @@ def prepare(root: Path, args: argparse.Namespace, processes: list[Process]) -> S
                        KONTOR_GATEWAY_RATE_USER_PER_S=RATE_UNLIMITED, KONTOR_GATEWAY_RATE_USER_BURST=RATE_UNLIMITED)
     gateway = start_process("gateway", [sys.executable, "-m", "kontor.gateway", "serve", "--port", str(gw_port)],
                             gw_env, f"{settings.origin}/health", logs, processes)
-    wait_healthy([p for p in (echo, proxy, gateway) if p is not None])
+    wait_healthy([p for p in (echo, proxy, gateway) if p is not None], timeout_s=START_TIMEOUT_S)
     workers = max([*args.concurrency, SOAK_CONCURRENCY])
     ttl = 4 * 3600 + int(args.soak_seconds or 0)
     tokens = [mint_token(settings, f"bench-user-{i}", ttl) for i in range(workers)]

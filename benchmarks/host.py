@@ -53,7 +53,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -64,7 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+from processes import Process, free_port, start_process, stop_process, wait_healthy  # benchmarks/processes.py
 
 TENANT = "bench"
 MODEL = "bench-model"
@@ -241,73 +240,6 @@ def ingest_corpus(data_root: Path, folder: Path) -> None:
 # ----------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Process:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    health_url: str
-
-    def tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the benchmark dies, even by SIGKILL (Linux: PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))
-
-
-def start_process(name: str, cmd: Sequence[str], env: dict[str, str], health_url: str, logs: Path,
-                  processes: list[Process]) -> Process:
-    log_path = logs / f"{name}.log"
-    with log_path.open("ab") as fh:
-        popen = subprocess.Popen(list(cmd), env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 cwd=REPO, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-    proc = Process(name, popen, log_path, health_url)
-    processes.append(proc)
-    return proc
-
-
-def wait_healthy(procs: Sequence[Process], timeout_s: float = START_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    waiting = list(procs)
-    while waiting:
-        for proc in list(waiting):
-            if proc.popen.poll() is not None:
-                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(proc.health_url, timeout=2.0).status_code == 200:
-                    waiting.remove(proc)
-        if not waiting:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not healthy after {timeout_s:.0f} s: {', '.join(p.name for p in waiting)}\n"
-                               f"{waiting[0].tail()}")
-        time.sleep(0.2)
-
-
-def stop_process(proc: Process) -> None:
-    if proc.popen.poll() is None:
-        proc.popen.terminate()
-        try:
-            proc.popen.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.popen.kill()
-            proc.popen.wait(5)
-
-
 def child_env(root: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KONTOR_")}
     env.update({"KONTOR_DATA_ROOT": str(root), "KONTOR_LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1",
@@ -404,7 +336,7 @@ def prepare(root: Path, args: argparse.Namespace, processes: list[Process]) -> S
                        KONTOR_GATEWAY_RATE_USER_BURST=RATE_UNLIMITED)
     gateway = start_process("gateway", [sys.executable, "-m", "kontor.gateway", "serve", "--port", str(gw_port)],
                             gw_env, f"{settings.origin}/health", logs, processes)
-    wait_healthy([provider, lakehouse, gateway])
+    wait_healthy([provider, lakehouse, gateway], timeout_s=START_TIMEOUT_S)
     return Setup(provider_url=f"http://127.0.0.1:{provider_port}/v1", lakehouse_url=lakehouse_url,
                  lakehouse_token=_internal_token(settings, lakehouse_url), gateway_url=settings.resource_uri(TENANT),
                  gateway_origin=settings.origin, user_token=_user_token(settings), corpus=corpus, rate=rate)
