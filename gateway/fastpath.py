@@ -44,6 +44,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
+from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
 from kontor.gateway.proxy import INTERNAL_ERROR, Gateway, relay_handler
@@ -148,9 +149,7 @@ class FastPath:
         content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
         if content_type != "application/json":
             return None
-        from starlette.requests import Request
-
-        has_json, has_sse = check_accept_headers(Request(scope))
+        has_json, has_sse = check_accept_headers(Request(scope))  # the SDK's own rule (wildcards included)
         if not (has_json and has_sse):
             return None
         assert session_id is not None

@@ -105,6 +105,7 @@ from kontor.tenancy import InvalidTenant, validate_tenant
 
 #: Key under an answer's ``usage`` holding the id of its record in the lakehouse ``interactions``.
 INTERACTION_KEY = "interaction_id"
+MAX_RECORDED_IDS = 500  # ids per delete request
 log = logging.getLogger(__name__)
 
 __all__ = ["HostRuntime", "HostSettings", "build_host_app", "chat_enabled", "dumps"]
@@ -1211,6 +1212,8 @@ class HostApp:
         which: Any = "all" if data.get("all") is True else ids
         if which != "all" and (not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids)):
             return _error(400, 'send {"ids": [...]} or {"all": true}')
+        if which != "all" and (len(ids) > MAX_RECORDED_IDS or any(len(i) > 128 for i in ids)):
+            return _error(400, f"at most {MAX_RECORDED_IDS} ids of at most 128 characters each")
         try:
             async with self.rt.mcp(session_id, web.user.tenant) as mcp:
                 deleted = await delete_recorded(mcp, which)

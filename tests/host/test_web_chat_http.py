@@ -1152,6 +1152,7 @@ async def test_conversations_rename_delete_search_and_feedback(env: ChatEnv, fak
             assert all(r["question"] != "Wie lange ist die Zahlungsfrist?"
                        for r in (await ada.get("/chat/api/recorded")).json()["interactions"])
         assert (await browser.post("/chat/api/recorded/delete", {"ids": "x"})).status_code == 400
+        assert (await browser.post("/chat/api/recorded/delete", {"ids": ["i"] * 501})).status_code == 400
         assert (await browser.post("/chat/api/recorded/delete", {"all": True})).json()["deleted"] >= 1
         assert (await browser.get("/chat/api/recorded")).json()["interactions"] == []
 
