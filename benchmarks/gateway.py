@@ -54,10 +54,7 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
-import signal
 import sys
-import tempfile
 import time
 import uuid
 from array import array
@@ -67,7 +64,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from processes import Process, free_port, start_process, stop_process, wait_healthy  # benchmarks/processes.py
+from processes import (  # benchmarks/processes.py
+    Process,
+    free_port,
+    run_with_servers,
+    start_process,
+    wait_healthy,
+)
 
 LABELS = ("direct", "fastmcp", "gateway")
 CLIENTS = ("raw", "sdk")
@@ -696,26 +699,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve_fastmcp(int(args.serve_fastmcp[0]), args.serve_fastmcp[1])
         return 0
 
-    def terminated(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, terminated)
-    processes: list[Process] = []
-    root = Path(tempfile.mkdtemp(prefix="kontor-gateway-bench-"))
-    try:
+    def run(root: Path, processes: list[Process]) -> int:
         setup = prepare(root, args, processes)
         return asyncio.run(bench(setup, args))
-    except KeyboardInterrupt:
-        log("interrupted; stopping the servers")
-        return 130
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the teardown short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for proc in reversed(processes):
-            with contextlib.suppress(Exception):
-                stop_process(proc)
-        shutil.rmtree(root, ignore_errors=True)
-        log("stopped everything, removed the data root")
+
+    return run_with_servers("kontor-gateway-bench-", run, log)
 
 
 if __name__ == "__main__":

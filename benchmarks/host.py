@@ -52,10 +52,8 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -63,7 +61,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from processes import Process, free_port, start_process, stop_process, wait_healthy  # benchmarks/processes.py
+from processes import (  # benchmarks/processes.py
+    Process,
+    free_port,
+    run_with_servers,
+    start_process,
+    wait_healthy,
+)
 
 TENANT = "bench"
 MODEL = "bench-model"
@@ -732,28 +736,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ingest_corpus(*args.ingest)
         return 0
 
-    def terminated(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, terminated)
-    processes: list[Process] = []
-    root = Path(tempfile.mkdtemp(prefix="kontor-host-bench-"))
-    try:
+    def run(root: Path, processes: list[Process]) -> int:
         setup = prepare(root, args, processes)
         result = asyncio.run(bench(setup, args))
         print(json.dumps(result) if args.json else report(result), flush=True)
         return 0
-    except KeyboardInterrupt:
-        log("interrupted; stopping the servers")
-        return 130
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the teardown short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for proc in reversed(processes):
-            with contextlib.suppress(Exception):
-                stop_process(proc)
-        shutil.rmtree(root, ignore_errors=True)
-        log("stopped everything, removed the data root")
+
+    return run_with_servers("kontor-host-bench-", run, log)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,14 @@ dies, even by SIGKILL (PR_SET_PDEATHSIG), so no server outlives a run.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,3 +91,29 @@ def stop_process(proc: Process) -> None:
         except subprocess.TimeoutExpired:
             proc.popen.kill()
             proc.popen.wait(5)
+
+
+def run_with_servers(prefix: str, body: Callable[[Path, list[Process]], int],
+                     log: Callable[[str], None]) -> int:
+    """Run ``body(root, processes)`` in a fresh temporary data root; whatever it started is stopped and
+    the root removed at the end, also on Ctrl-C or SIGTERM (exit code 130 then)."""
+
+    def terminated(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminated)
+    processes: list[Process] = []
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        return body(root, processes)
+    except KeyboardInterrupt:
+        log("interrupted; stopping the servers")
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the teardown short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for proc in reversed(processes):
+            with contextlib.suppress(Exception):
+                stop_process(proc)
+        shutil.rmtree(root, ignore_errors=True)
+        log("stopped everything, removed the data root")
