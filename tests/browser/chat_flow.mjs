@@ -151,6 +151,9 @@ try {
   await page.waitForSelector("#resource-dialog[open]");
   await page.keyboard.press("Escape");
   await page.waitForSelector("#resource-dialog:not([open])", { state: "attached" });
+  // the dialog's "close" event (which moves the focus) is a task queued after the open attribute goes
+  await page.waitForFunction(() => document.activeElement && document.activeElement.id === "more", null,
+    { timeout: 2000 }).catch(() => {});
   const escFocus = await active();
   await page.screenshot({ path: join(config.artifacts, "chat-compose.png") });
   await page.locator("#prompt").focus();
